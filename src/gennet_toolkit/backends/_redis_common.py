@@ -1,0 +1,78 @@
+"""Connection settings and error translation shared by the async and sync Redis clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from gennet_toolkit._optional import require
+from gennet_toolkit.exceptions import ConfigurationError, ServiceUnavailable
+
+__all__ = ()
+
+#: The client-facing text of every Redis outage: no host, port or driver message.
+UNAVAILABLE = "The shared state store is unavailable; retry later."
+
+
+def load_redis() -> ModuleType:
+    """The ``redis`` package, or an ImportError naming the ``redis`` extra."""
+    require("redis.asyncio", extra="redis", feature="gennet_toolkit.backends")
+    return require("redis", extra="redis", feature="gennet_toolkit.backends")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisOptions:
+    """Pool and socket settings of :class:`~gennet_toolkit.backends.RedisBackend`.
+
+    ``max_connections`` caps each pool; a burst beyond it waits up to ``pool_timeout``
+    seconds for a free connection instead of failing. ``retries`` is how many times a
+    command is retried on a fresh connection after a connection error (this is what
+    makes a restarted Redis invisible); timeouts are never retried, so a slow write is
+    never applied twice.
+    """
+
+    max_connections: int = 50
+    pool_timeout: float = 5.0
+    socket_timeout: float = 5.0
+    socket_connect_timeout: float = 2.0
+    retries: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ConfigurationError("max_connections must be >= 1")
+        if self.retries < 0:
+            raise ConfigurationError("retries must be >= 0")
+        for name in ("pool_timeout", "socket_timeout", "socket_connect_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+
+    def pool_kwargs(self, redis: ModuleType, *, asyncio: bool) -> dict[str, Any]:
+        """Keyword arguments for ``BlockingConnectionPool.from_url``."""
+        retry_mod = redis.asyncio.retry if asyncio else redis.retry
+        retry = retry_mod.Retry(
+            redis.backoff.NoBackoff(),
+            self.retries,
+            supported_errors=(redis.exceptions.ConnectionError,),
+        )
+        return {
+            "max_connections": self.max_connections,
+            "timeout": self.pool_timeout,
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_connect_timeout,
+            "retry": retry,
+        }
+
+
+def translate(exc: BaseException, redis: ModuleType) -> Exception:
+    """The toolkit error for a redis-py error (the caller raises it ``from exc``).
+
+    A value of the wrong kind at a key is the caller's :class:`ValueError`; anything
+    else (refused, timed out, out of memory, read-only replica) means the store cannot
+    serve right now: :class:`ServiceUnavailable`.
+    """
+    if isinstance(exc, redis.exceptions.ResponseError):
+        text = str(exc)
+        if text.startswith("WRONGTYPE") or "not an integer" in text:
+            return ValueError("the value at this key does not fit this operation")
+    return ServiceUnavailable(UNAVAILABLE, retry_after=1)

@@ -1,0 +1,188 @@
+"""The rate-limit window updates (fixed window, sliding window counter, GCRA) on every backend.
+
+Memory runs on a fake clock, so its timings are exact; Redis uses its own clock (TIME),
+so those tests use periods long enough that a burst never straddles a boundary, or
+short real sleeps to watch a window reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gennet_toolkit.backends import MemoryBackend, RateLimitResult
+from gennet_toolkit.backends.redis import RedisBackend
+from tests import test_backends as shared
+from tests.test_backends import Api, FakeClock, make_backend
+
+# The shared fixtures, bound here so pytest finds them in this module too.
+api, backend, clock, form, kind = shared.api, shared.backend, shared.clock, shared.form, shared.kind
+
+
+ALGORITHMS = ["fixed_window", "sliding_window", "gcra"]
+
+
+@pytest.fixture(params=ALGORITHMS)
+def algorithm(request: pytest.FixtureRequest) -> str:
+    """Which rate-limit operation the test exercises."""
+    return str(request.param)
+
+
+async def hit(
+    api: Api, algorithm: str, key: str, limit: int, period: float, *, cost: int = 1
+) -> RateLimitResult:
+    result: RateLimitResult = await getattr(api, algorithm)(key, limit, period, cost)
+    return result
+
+
+@pytest.mark.anyio
+async def test_limit_is_honoured_exactly(api: Api, algorithm: str) -> None:
+    results = [await hit(api, algorithm, "user", 5, 1000) for _ in range(7)]
+    assert [r.allowed for r in results] == [True] * 5 + [False] * 2
+    assert [r.remaining for r in results] == [4, 3, 2, 1, 0, 0, 0]
+    assert all(r.limit == 5 for r in results)
+    assert all(r.retry_after == 0 for r in results[:5])
+    assert all(0 < r.retry_after <= 2000 for r in results[5:])  # sliding: up to 2 periods
+    assert all(0 < r.reset_after <= 2000 for r in results)
+
+
+@pytest.mark.anyio
+async def test_quota_comes_back_after_the_period(api: Api, algorithm: str) -> None:
+    period = api.span(10, 0.2)
+    for _ in range(3):
+        assert (await hit(api, algorithm, "user", 3, period)).allowed
+    denied = await hit(api, algorithm, "user", 3, period)
+    assert not denied.allowed
+    # Two full periods clear every algorithm, the sliding window's previous one included.
+    api.sleep(2 * period + api.span(0.01, 0.05))
+    again = [await hit(api, algorithm, "user", 3, period) for _ in range(3)]
+    assert all(r.allowed for r in again)
+
+
+@pytest.mark.anyio
+async def test_cost_above_one_takes_that_much_quota(api: Api, algorithm: str) -> None:
+    assert (await hit(api, algorithm, "bytes", 10, 1000, cost=4)).remaining == 6
+    assert (await hit(api, algorithm, "bytes", 10, 1000, cost=4)).remaining == 2
+    denied = await hit(api, algorithm, "bytes", 10, 1000, cost=4)
+    assert (denied.allowed, denied.remaining) == (False, 2)
+    last = await hit(api, algorithm, "bytes", 10, 1000, cost=2)
+    assert (last.allowed, last.remaining) == (True, 0)
+
+
+@pytest.mark.anyio
+async def test_cost_zero_peeks_without_consuming(api: Api, algorithm: str) -> None:
+    await hit(api, algorithm, "user", 5, 1000)
+    peek = await hit(api, algorithm, "user", 5, 1000, cost=0)
+    assert (peek.allowed, peek.remaining) == (True, 4)
+    assert (await hit(api, algorithm, "user", 5, 1000)).remaining == 3
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("limit", "period", "cost"), [(0, 1, 1), (5, 0, 1), (5, -1, 1), (5, 1, 6), (5, 1, -1)]
+)
+async def test_invalid_rate_arguments_are_rejected(
+    api: Api, algorithm: str, limit: int, period: float, cost: int
+) -> None:
+    with pytest.raises(ValueError, match=r"limit|period|cost"):
+        await hit(api, algorithm, "user", limit, period, cost=cost)
+
+
+@pytest.mark.anyio
+async def test_strategies_on_one_key_never_collide(api: Api) -> None:
+    # A user switching strategy must not hit WRONGTYPE or share counts.
+    for algorithm in ALGORITHMS:
+        results = [await hit(api, algorithm, "same", 2, 1000) for _ in range(3)]
+        assert [r.allowed for r in results] == [True, True, False]
+
+
+@pytest.mark.anyio
+async def test_concurrent_hits_admit_exactly_the_limit(
+    kind: str, request: pytest.FixtureRequest, algorithm: str
+) -> None:
+    backend = make_backend(kind, request, FakeClock())
+    try:
+        method = getattr(backend, algorithm)
+        results = await asyncio.gather(*(method("burst", 25, 1000) for _ in range(100)))
+    finally:
+        await backend.aclose()
+    assert sum(r.allowed for r in results) == 25
+
+
+# --------------------------------------------------------------------------- exact timings
+
+
+@pytest.mark.anyio
+async def test_fixed_window_starts_at_the_first_hit(form: str) -> None:
+    clock = FakeClock()
+    api = Api(MemoryBackend(clock=clock), form, "memory", clock)
+    first = await api.fixed_window("k", 2, 10)
+    assert first.reset_after == 10
+    clock.advance(4)
+    await api.fixed_window("k", 2, 10)
+    denied = await api.fixed_window("k", 2, 10)
+    assert (denied.allowed, denied.retry_after, denied.reset_after) == (False, 6, 6)
+    clock.advance(6)
+    assert (await api.fixed_window("k", 2, 10)).allowed
+
+
+@pytest.mark.anyio
+async def test_sliding_window_weighs_the_previous_window(form: str) -> None:
+    clock = FakeClock(1000.0)  # a window boundary for period 10
+    api = Api(MemoryBackend(clock=clock), form, "memory", clock)
+    for _ in range(10):
+        assert (await api.sliding_window("k", 10, 10)).allowed
+    clock.advance(10)  # next window: the previous one still weighs fully
+    denied = await api.sliding_window("k", 10, 10)
+    assert not denied.allowed
+    assert denied.retry_after == pytest.approx(1.0)  # 10% faded frees one slot
+    clock.advance(5)  # half the previous window has slid out: 5 slots free
+    results = [await api.sliding_window("k", 10, 10) for _ in range(6)]
+    assert [r.allowed for r in results] == [True] * 5 + [False]
+    assert results[4].remaining == 0
+
+
+@pytest.mark.anyio
+async def test_gcra_allows_a_burst_then_one_per_interval(form: str) -> None:
+    clock = FakeClock()
+    api = Api(MemoryBackend(clock=clock), form, "memory", clock)
+    burst = [await api.gcra("k", 5, 1) for _ in range(6)]
+    assert [r.allowed for r in burst] == [True] * 5 + [False]
+    assert burst[5].retry_after == pytest.approx(0.2)
+    assert burst[4].reset_after == pytest.approx(1.0)
+    clock.advance(0.2)
+    assert (await api.gcra("k", 5, 1)).allowed
+    assert not (await api.gcra("k", 5, 1)).allowed
+    clock.advance(1.0)
+    assert (await api.gcra("k", 5, 1)).remaining == 4
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+async def test_redis_gcra_burst_and_retry_after(redis_url: str, redis_prefix: str) -> None:
+    backend = RedisBackend(redis_url, prefix=redis_prefix)
+    try:
+        burst = [await backend.gcra("k", 5, 10) for _ in range(6)]
+        assert [r.allowed for r in burst] == [True] * 5 + [False]
+        assert 1.9 < burst[5].retry_after <= 2.0  # one emission interval, by Redis time
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+async def test_redis_rate_keys_are_named_by_algorithm_hash_tagged_and_expiring(
+    redis_url: str, redis_prefix: str
+) -> None:
+    backend = RedisBackend(redis_url, prefix=redis_prefix)
+    try:
+        for algorithm in ALGORITHMS:
+            await getattr(backend, algorithm)("user:42", 10, 60)
+        client = backend.client()
+        keys = sorted([k.decode() async for k in client.scan_iter(match=redis_prefix + "*")])
+        assert keys == [f"{redis_prefix}rl:{short}:{{user:42}}" for short in ("fw", "gcra", "sw")]
+        for key in keys:
+            assert 0 < await client.pttl(key) <= 120_000
+    finally:
+        await backend.aclose()

@@ -1,0 +1,233 @@
+"""How the backends are chosen and configured, and how the Redis one fails and recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from gennet_toolkit import backends
+from gennet_toolkit.backends import MemoryBackend, from_env, from_url
+from gennet_toolkit.backends._redis_ops import SCRIPTS, script
+from gennet_toolkit.backends.redis import RedisBackend
+from gennet_toolkit.exceptions import ConfigurationError, ServiceUnavailable
+from tests.services import RedisServer, closed_port_url
+
+# --------------------------------------------------------------------------- choosing a backend
+
+
+def test_public_names_are_exactly_the_documented_ones() -> None:
+    assert sorted(backends.__all__) == sorted(
+        [
+            "Backend", "Lock", "LockNotAcquired", "MemoryBackend", "Message",
+            "RateLimitResult", "RedisBackend", "Subscription", "SyncBackend", "SyncLock",
+            "SyncSubscription", "Value", "from_env", "from_url",
+        ]
+    )  # fmt: skip
+    for name in backends.__all__:
+        assert getattr(backends, name).__doc__
+
+
+def test_memory_is_the_default() -> None:
+    assert isinstance(from_url(), MemoryBackend)
+    assert isinstance(from_url("memory://", prefix="p:"), MemoryBackend)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6380/0"])
+def test_redis_schemes_build_a_redis_backend_without_connecting(url: str) -> None:
+    backend = from_url(url, prefix="app:", max_connections=3)
+    assert isinstance(backend, RedisBackend)
+    assert backend.options.max_connections == 3
+
+
+def test_unknown_scheme_is_a_configuration_error_that_hides_the_url() -> None:
+    with pytest.raises(ConfigurationError, match="mongodb") as info:
+        from_url("mongodb://admin:hunter2@127.0.0.1/db")
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        ("memory://", {"max_connections": 5}),
+        ("redis://127.0.0.1/0", {"queue_size": 5}),
+        ("redis://127.0.0.1/0", {"max_connections": 0}),
+        ("redis://127.0.0.1/0", {"pool_timeout": 0}),
+        ("redis://127.0.0.1/0", {"clock": lambda: 0.0}),
+    ],
+)
+def test_bad_options_are_configuration_errors(url: str, options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        from_url(url, **options)
+
+
+def test_from_env_reads_url_and_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_BACKEND_URL", "redis://127.0.0.1:6379/2")
+    monkeypatch.setenv("APP_BACKEND_PREFIX", "svc:")
+    backend = from_env("APP_")
+    assert isinstance(backend, RedisBackend)
+    assert backend.prefix == "svc:"
+    assert isinstance(from_env("NOTSET_"), MemoryBackend)
+
+
+def test_repr_never_shows_the_password() -> None:
+    assert "s3cret" not in repr(RedisBackend("redis://:s3cret@127.0.0.1:6379/0"))
+
+
+def test_importing_backends_does_not_import_redis() -> None:
+    code = (
+        "import sys, gennet_toolkit.backends, gennet_toolkit.backends.redis;"
+        "assert 'redis' not in sys.modules, 'redis imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_redis_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in sys.modules if n == "redis" or n.startswith("redis.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(ImportError, match=r'pip install "gennet-toolkit\[redis\]"'):
+        from_url("redis://127.0.0.1:6379/0")
+    assert isinstance(from_url("memory://"), MemoryBackend)
+
+
+def test_lua_scripts_ship_as_package_files_and_load_on_first_use() -> None:
+    folder = importlib.resources.files("gennet_toolkit.backends") / "lua"
+    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".lua")) == sorted(
+        f"{name}.lua" for name in SCRIPTS
+    )
+    script.cache_clear()
+    RedisBackend("redis://127.0.0.1:6379/0")
+    assert script.cache_info().currsize == 0  # nothing read at import or construction
+    source, sha = script("gcra")
+    assert "redis.call('TIME')" in source
+    assert len(sha) == 40
+
+
+# --------------------------------------------------------------------------- Redis down
+
+
+@pytest.mark.anyio
+async def test_unreachable_redis_raises_service_unavailable_chained() -> None:
+    import redis
+
+    url = closed_port_url()
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    backend = RedisBackend(url, socket_connect_timeout=0.5)
+    calls = [
+        backend.get("k"),
+        backend.incr("k", ttl=5),
+        backend.gcra("k", 5, 1),
+        backend.subscribe("ch"),
+        backend.delete_prefix("x"),
+        backend.lock("job", ttl=5).acquire(),
+    ]
+    for call in calls:
+        with pytest.raises(ServiceUnavailable) as info:
+            await call
+        assert isinstance(info.value.__cause__, redis.exceptions.ConnectionError)
+        assert info.value.status_code == 503
+        assert "127.0.0.1" not in info.value.detail
+        assert port not in info.value.detail
+    sync_calls = [
+        lambda: backend.sync.set("k", "v"),
+        lambda: backend.sync.sliding_window("k", 5, 1),
+        lambda: backend.sync.subscribe("ch"),
+        lambda: backend.sync.delete_prefix("x"),
+    ]
+    for sync_call in sync_calls:
+        with pytest.raises(ServiceUnavailable) as info:
+            sync_call()
+        assert isinstance(info.value.__cause__, redis.exceptions.ConnectionError)
+    await backend.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+async def test_exhausted_pool_waits_a_bounded_time_then_is_unavailable(redis_url: str) -> None:
+    backend = RedisBackend(redis_url, max_connections=1, pool_timeout=0.1)
+    holder = await backend.subscribe("ch")  # takes the only connection
+    try:
+        with pytest.raises(ServiceUnavailable):
+            await backend.get("k")
+    finally:
+        await holder.aclose()
+    assert await backend.get("k") is None  # the connection came back to the pool
+    await backend.aclose()
+
+
+@pytest.mark.redis
+def test_sync_pool_smaller_than_the_thread_burst_serves_everyone(
+    redis_url: str, redis_prefix: str
+) -> None:
+    backend = RedisBackend(redis_url, prefix=redis_prefix, max_connections=2)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: backend.sync.incr("n"), range(200)))
+    assert backend.sync.get("n") == b"200"
+    backend.close()
+
+
+# --------------------------------------------------------------------------- Redis restarted
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_backend_recovers_after_redis_restart(redis_server: RedisServer) -> None:
+    backend = RedisBackend(redis_server.url)
+    await backend.set("k", "v")
+    assert (await backend.gcra("g", 5, 10)).allowed
+    assert backend.sync.fixed_window("f", 5, 10).allowed
+
+    redis_server.stop()
+    with pytest.raises(ServiceUnavailable):
+        await backend.get("k")
+    with pytest.raises(ServiceUnavailable):
+        await backend.gcra("g", 5, 10)
+    with pytest.raises(ServiceUnavailable):
+        backend.sync.fixed_window("f", 5, 10)
+
+    redis_server.start()  # same port, empty dataset, no scripts
+    assert await backend.get("k") is None
+    assert (await backend.gcra("g", 5, 10)).remaining == 4  # script registered again
+    assert backend.sync.fixed_window("f", 5, 10).remaining == 4
+    async with await backend.subscribe("ch") as sub:
+        assert await backend.publish("ch", "back") == 1
+        msg = await sub.get(timeout=5)
+        assert msg is not None
+        assert msg.data == b"back"
+    await backend.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_scripts_are_registered_once_per_client(redis_server: RedisServer) -> None:
+    backend = RedisBackend(redis_server.url)
+    for _ in range(20):
+        await backend.gcra("g", 100, 10)
+        backend.sync.gcra("g", 100, 10)
+    stats = await backend.client().info("commandstats")
+    # One SCRIPT LOAD per client (async and sync), then EVALSHA only.
+    assert stats["cmdstat_script|load"]["calls"] == 2
+    assert stats["cmdstat_evalsha"]["calls"] == 40
+    assert "cmdstat_eval" not in stats
+    await backend.aclose()
+
+
+@pytest.mark.redis
+def test_one_backend_serves_several_event_loops(redis_url: str, redis_prefix: str) -> None:
+    backend = RedisBackend(redis_url, prefix=redis_prefix)
+
+    async def use() -> int:
+        try:
+            return await backend.incr("n")
+        finally:
+            await backend.aclose()
+
+    assert [asyncio.run(use()), asyncio.run(use())] == [1, 2]
+    assert backend.sync.incr("n") == 3
+    backend.close()
