@@ -14,6 +14,8 @@ import anyio
 import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -641,3 +643,26 @@ def test_public_names_match_all() -> None:
 
 
 _: Callable[..., Any] = show
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    header=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30),
+    segment=st.text(alphabet="v0123456789-/.%", max_size=12),
+)
+def test_any_version_input_gets_200_400_or_404_never_500(header: str, segment: str) -> None:
+    async def run() -> httpx.Response:
+        app = starlette_app(strategies=("url", "header", "media_type", "query"))
+        async with client_for(app) as c:
+            return await c.get(
+                f"/{segment}/show?version={header}",
+                headers={
+                    "API-Version": header,
+                    "Accept": f"application/vnd.gennet+json; version={header}",
+                },
+            )
+
+    resp = anyio.run(run)
+    assert resp.status_code in {200, 400, 404}
+    if resp.status_code == 400:
+        assert resp.headers["content-type"] == PROBLEM

@@ -7,9 +7,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -697,3 +700,33 @@ def test_public_names_match_all() -> None:
     assert set(validation.__all__) == {
         n for n in public - modules if not inspect.ismodule(getattr(validation, n))
     }
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.floats() | st.text(max_size=20),
+            lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids),
+            max_leaves=12,
+        ).map(lambda v: json.dumps(v).encode()),
+    ),
+    content_type=st.sampled_from(
+        ["application/json", "text/plain", "application/json; charset=utf-16", "", "a/b+json"]
+    ),
+)
+def test_any_input_gets_a_4xx_problem_never_a_500(body: bytes, content_type: str) -> None:
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=starlette_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            headers = {"content-type": content_type} if content_type else {}
+            return await c.post("/networks", content=body, headers=headers)
+
+    resp = anyio.run(run)
+    assert resp.status_code in {200, 400, 413, 415, 422}
+    if resp.status_code != 200:
+        assert resp.headers["content-type"] == PROBLEM
