@@ -23,12 +23,17 @@ from gennet_toolkit.api_versioning._changes import (
     parse_version,
     to_datetime,
 )
+from gennet_toolkit.api_versioning._migrate import (
+    downgrading_send,
+    is_json,
+    merge_vary,
+    upgrading_receive,
+)
 from gennet_toolkit.exceptions import (
     BadRequest,
     ConfigurationError,
     GenNetError,
     Gone,
-    PayloadTooLarge,
 )
 from gennet_toolkit.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -417,7 +422,7 @@ class VersioningMiddleware:
         ctx = ChangeContext(route, method, version)
         upgrades = [c for c in chain.upgrades if c.applies_to(route, method)]
         downgrades = [c for c in chain.downgrades if c.applies_to(route, method)]
-        if upgrades and _is_json(_header(child, b"content-type")):
+        if upgrades and is_json(_header(child, b"content-type")):
             try:
                 receive = await self._upgrade_request(child, receive, upgrades, ctx)
             except GenNetError as exc:
@@ -426,14 +431,14 @@ class VersioningMiddleware:
         extra = self._headers[version]
         vary = self._vary
         if downgrades:
-            send = _downgrading_send(send, downgrades, ctx)
+            send = downgrading_send(send, downgrades, ctx)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.extend(extra)
                 if vary:
-                    _merge_vary(headers, vary)
+                    merge_vary(headers, vary)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -442,38 +447,7 @@ class VersioningMiddleware:
     async def _upgrade_request(
         self, child: Scope, receive: Receive, upgrades: list[VersionChange], ctx: ChangeContext
     ) -> Receive:
-        # The body must be complete before the app starts so Content-Length is right.
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                # A disconnect: let the app see it as it would have.
-                return _replay([message], receive)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_size:
-                raise PayloadTooLarge(
-                    f"The request body exceeds the limit of {self.max_body_size} bytes.",
-                    headers={"Connection": "close"},
-                )
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        raw = b"".join(chunks)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            # Malformed JSON goes through untouched: the app's validation answers it.
-            body = _UNPARSED
-        if body is not _UNPARSED:
-            for change in upgrades:
-                body = change.upgrade_request(body, ctx)
-            raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        child["headers"] = [(k, v) for k, v in child["headers"] if k != b"content-length"] + [
-            (b"content-length", str(len(raw)).encode())
-        ]
-        return _replay([{"type": "http.request", "body": raw, "more_body": False}], receive)
+        return await upgrading_receive(child, receive, upgrades, ctx, self.max_body_size)
 
     async def _send_problem(self, exc: GenNetError, scope: Scope, send: Send) -> None:
         body = exc.to_problem(instance=scope.get("path"), correlation_id=correlation_id_var.get())
@@ -486,12 +460,9 @@ class VersioningMiddleware:
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()
         ]
         if self._vary:
-            _merge_vary(headers, self._vary)
+            merge_vary(headers, self._vary)
         await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-
-
-_UNPARSED = object()
 
 
 def _sort_key(version: ApiVersion) -> tuple[int, str]:
@@ -499,80 +470,3 @@ def _sort_key(version: ApiVersion) -> tuple[int, str]:
     if isinstance(version, dt.date):
         return (0, version.isoformat())
     return (version, "")
-
-
-def _is_json(content_type: bytes | None) -> bool:
-    if content_type is None:
-        return False
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or (
-        media.startswith(b"application/") and media.endswith(b"+json")
-    )
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    pending = list(messages)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
-
-
-def _merge_vary(headers: list[tuple[bytes, bytes]], tokens: list[str]) -> None:
-    present: set[str] = set()
-    for key, value in headers:
-        if key.lower() == b"vary":
-            present.update(t.strip().lower() for t in value.decode("latin-1").split(","))
-    if "*" in present:
-        return
-    missing = [t for t in tokens if t.lower() not in present]
-    if missing:
-        headers.append((b"vary", ", ".join(missing).encode("latin-1")))
-
-
-def _downgrading_send(send: Send, changes: list[VersionChange], ctx: ChangeContext) -> Send:
-    start: Message | None = None
-    chunks: list[bytes] = []
-
-    async def downgrading(message: Message) -> None:
-        nonlocal start
-        kind = message["type"]
-        if kind == "http.response.start":
-            headers = message.get("headers", [])
-            ctype = next((v for k, v in headers if k.lower() == b"content-type"), None)
-            media = (ctype or b"").split(b";", 1)[0].strip().lower()
-            # Only plain JSON documents are migrated; problem+json, streams and files pass.
-            if media == b"application/json":
-                start = message
-                return
-            await send(message)
-            return
-        if kind != "http.response.body" or start is None:
-            await send(message)
-            return
-        chunks.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        raw = b"".join(chunks)
-        status = start["status"]
-        headers = list(start.get("headers", []))
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = _UNPARSED
-        if body is not _UNPARSED:
-            status_ctx = ChangeContext(ctx.path, ctx.method, ctx.version, status)
-            for change in changes:
-                body = change.downgrade_response(body, status_ctx)
-            raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-            # The bytes changed: a strong validator computed on the new shape would lie.
-            headers = [
-                (k, v) for k, v in headers if k.lower() not in (b"content-length", b"etag")
-            ] + [(b"content-length", str(len(raw)).encode())]
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": raw, "more_body": False})
-
-    return downgrading
