@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -359,7 +359,6 @@ def edges_app(framework: str) -> Any:
             routes=[
                 Route("/edges", create_edge, methods=["POST"]),
                 Route("/edges/bad", bad_edge),
-                Route("/other", create_edge, methods=["POST"]),
             ]
         )
     else:
@@ -419,12 +418,40 @@ async def test_chain_of_three_versions_migrates_requests_and_responses(
 
 
 async def test_migrations_skip_other_paths_and_problem_bodies() -> None:
-    async with client_for(edges_app("starlette")) as c:
+    seen: list[Any] = []
+
+    async def other(request: Request) -> Response:
+        seen.append(await request.json())
+        return JSONResponse({"confidence": 1})
+
+    app = Starlette(
+        routes=[Route("/edges/bad", bad_edge), Route("/other", other, methods=["POST"])]
+    )
+    app.add_middleware(VersioningMiddleware, versions=[1, 2, 3], default=3, changes=CHANGES)
+    async with client_for(app) as c:
         problem = await c.get("/v1/edges/bad")
-        with pytest.raises(AssertionError):
-            # /other is outside the changes' paths: the v1 body reaches the handler as-is.
-            await c.post("/v1/other", json={"regulator": "a", "weight": 1})
-    assert problem.json()["confidence"] == 1
+        untouched = await c.post("/v1/other", json={"weight": 1, "source": "s"})
+    assert problem.json()["confidence"] == 1  # problem+json is never migrated
+    assert seen == [{"weight": 1, "source": "s"}]  # outside the changes' paths
+    assert untouched.json() == {"confidence": 1}
+
+
+async def test_streamed_json_responses_are_migrated_whole() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"confidence": 0.'
+        yield b'25, "evidence": ["a", "b"]}'
+
+    async def stream(request: Request) -> Response:
+        return StreamingResponse(chunks(), media_type="application/json")
+
+    app = Starlette(routes=[Route("/edges", stream)])
+    app.add_middleware(VersioningMiddleware, versions=[1, 2, 3], default=3, changes=CHANGES)
+    async with client_for(app) as c:
+        v1 = await c.get("/v1/edges")
+        v3 = await c.get("/v3/edges")
+    assert v1.json() == {"weight": 0.25, "source": "a"}
+    assert v1.headers["content-length"] == str(len(v1.content))
+    assert v3.json() == {"confidence": 0.25, "evidence": ["a", "b"]}
 
 
 async def test_malformed_json_passes_migrations_untouched() -> None:

@@ -317,6 +317,24 @@ async def test_repeated_scalar_query_parameter_is_422(client: httpx.AsyncClient)
     assert_problem(resp, 422, "validation_failed")
 
 
+async def test_body_and_query_decorators_stack() -> None:
+    class Paging(BaseModel):
+        limit: int = 10
+
+    @validate_body(GeneIn)
+    @validate_query(Paging)
+    async def create(request: Request, paging: Paging, gene: GeneIn) -> Response:
+        return JSONResponse({"limit": paging.limit, "symbol": gene.symbol})
+
+    app = Starlette(routes=[Route("/g", create, methods=["POST"])])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        resp = await c.post("/g?limit=3", json={"symbol": "rpoS", "name": "sigma S"})
+        bad = await c.post("/g?limit=x", json={"symbol": "rpoS", "name": "sigma S"})
+    assert resp.json() == {"limit": 3, "symbol": "rpoS"}
+    assert_problem(bad, 422, "validation_failed")
+
+
 def test_decorators_keep_sync_and_async_nature_and_metadata() -> None:
     assert inspect.iscoroutinefunction(list_genes)
     assert not inspect.iscoroutinefunction(list_genes_sync)
