@@ -1,0 +1,260 @@
+"""``TracingMiddleware``: one SERVER span per HTTP request, W3C context in, route-named."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from gennet_toolkit._version import __version__
+from gennet_toolkit.tracing._propagation import context_from_headers, load_otel
+from gennet_toolkit.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+__all__ = ["TracingMiddleware", "route_template"]
+
+INSTRUMENTATION_NAME = "gennet_toolkit.tracing"
+
+# Semantic conventions for HTTP spans (stable since 1.23); unknown methods are "_OTHER".
+_KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
+)
+
+
+def _split_host(value: str) -> tuple[str, int | None]:
+    if value.startswith("["):  # IPv6 literal: "[::1]:8000"
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    return host, int(port) if port.isdigit() and len(port) <= 5 else None
+
+
+def _mount_prefix(routes: Iterable[Any], concrete: str) -> str | None:
+    """The template of the mount chain that produced ``concrete`` (a root_path suffix)."""
+    for route in routes:
+        sub = getattr(route, "routes", None)
+        regex = getattr(route, "path_regex", None)
+        fmt = getattr(route, "path_format", None)
+        if sub is None or regex is None or not isinstance(fmt, str):
+            continue  # only Mount-like routes carry a prefix
+        match = regex.match(concrete + "/")
+        if match is None:
+            continue
+        head = fmt.removesuffix("/{path}")
+        rest = "/" + match.groupdict().get("path", "")
+        rest = rest.rstrip("/")
+        if not rest:
+            return head
+        tail = _mount_prefix(sub, rest)
+        if tail is not None:
+            return head + tail
+    return None
+
+
+def route_template(scope: Scope, routes: Iterable[Any] = (), root_path: str = "") -> str | None:
+    """The matched route template (``/items/{item_id}``) read from the scope after the call.
+
+    Starlette and FastAPI leave the matched route in ``scope["route"]``; routes inside a
+    ``Mount`` are relative to it, so the mount prefix is recovered from ``root_path``
+    and turned back into its template (``/tenants/{tid}``), never the raw value.
+    """
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if not isinstance(path, str):
+        return None
+    concrete = scope.get("root_path", "")[len(root_path) :]
+    if not concrete:
+        return path
+    prefix = _mount_prefix(routes, concrete)
+    # An unresolvable mount gives no template rather than a raw, unbounded path.
+    return None if prefix is None else prefix + path
+
+
+class _Exclusions:
+    """Exact paths, and prefixes written with a trailing ``/``."""
+
+    __slots__ = ("exact", "prefixes")
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        items = list(paths)
+        for p in items:
+            if not p.startswith("/"):
+                raise ValueError(f"exclude_paths entries must start with '/': {p!r}")
+        self.exact = frozenset(p for p in items if not p.endswith("/") or p == "/")
+        self.prefixes = tuple(p for p in items if p.endswith("/") and p != "/")
+
+    def __call__(self, path: str) -> bool:
+        return path in self.exact or (bool(self.prefixes) and path.startswith(self.prefixes))
+
+
+class TracingMiddleware:
+    """Pure ASGI middleware: a SERVER span per HTTP request.
+
+    * The parent comes from ``traceparent``/``tracestate``, parsed by our own W3C Trace
+      Context Level 2 parser; an invalid or duplicated ``traceparent`` restarts the trace.
+    * The span is named ``"GET /items/{item_id}"`` from the matched route template
+      (``"GET"`` alone when nothing matched), so names stay low-cardinality.
+    * 5xx responses and exceptions set the ERROR status (exceptions also become span
+      events and are re-raised); 4xx does not, as the semantic conventions ask.
+    * No spans for individual ``send``/``receive`` events.
+    * ``exclude_paths``: ``"/health"`` matches exactly that path; an entry ending in
+      ``/`` such as ``"/static/"`` matches every path under it.
+
+    ``tracer_provider=None`` uses the global provider (set by :func:`setup_tracing`);
+    with only opentelemetry-api installed, spans are no-ops and the incoming context
+    is still available to outgoing calls.
+
+        app = TracingMiddleware(app, tracer_provider=provider, exclude_paths=["/health"])
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        exclude_paths: Iterable[str] = (),
+    ) -> None:
+        load_otel()
+        from opentelemetry import context, trace
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        self.app = app
+        self._excluded = _Exclusions(exclude_paths)
+        self._tracer = trace.get_tracer(
+            INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider
+        )
+        self._empty = context.Context()
+        self._attach = context.attach
+        self._detach = context.detach
+        self._set_span = trace.set_span_in_context
+        self._server = SpanKind.SERVER
+        self._error = Status(StatusCode.ERROR)
+        self._status_cls = Status
+        self._error_code = StatusCode.ERROR
+
+    @classmethod
+    def from_env(
+        cls,
+        app: ASGIApp,
+        prefix: str = "GENNET_",
+        *,
+        tracer_provider: TracerProvider | None = None,
+    ) -> TracingMiddleware:
+        """Build from ``{prefix}TRACING_EXCLUDE_PATHS`` (comma-separated paths)."""
+        raw = os.environ.get(f"{prefix}TRACING_EXCLUDE_PATHS", "")
+        paths = [p.strip() for p in raw.split(",") if p.strip()]
+        return cls(app, tracer_provider=tracer_provider, exclude_paths=paths)
+
+    def _start_attributes(
+        self, scope: Scope, method: str, host: str | None, agent: str | None
+    ) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            "http.request.method": method,
+            "url.path": scope.get("path", ""),
+            "url.scheme": scope.get("scheme", "http"),
+        }
+        if method == "_OTHER":
+            attrs["http.request.method_original"] = scope.get("method", "")
+        version = scope.get("http_version")
+        if version:
+            attrs["network.protocol.version"] = version
+        if host:
+            address, port = _split_host(host)
+            attrs["server.address"] = address
+            if port is not None:
+                attrs["server.port"] = port
+        elif scope.get("server"):
+            attrs["server.address"] = scope["server"][0]
+            if scope["server"][1] is not None:
+                attrs["server.port"] = scope["server"][1]
+        client = scope.get("client")
+        if client:
+            attrs["client.address"] = client[0]
+            if client[1] is not None:
+                attrs["client.port"] = client[1]
+        if agent is not None:
+            attrs["user_agent.original"] = agent
+        return attrs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._excluded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+
+        traceparent: list[str] = []
+        tracestate: list[str] = []
+        host: str | None = None
+        agent: str | None = None
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.lower()
+            if name == b"traceparent":
+                traceparent.append(raw_value.decode("latin-1"))
+            elif name == b"tracestate":
+                tracestate.append(raw_value.decode("latin-1"))
+            elif name == b"host":
+                host = raw_value.decode("latin-1")
+            elif name == b"user-agent":
+                agent = raw_value.decode("latin-1")
+
+        parent = context_from_headers(traceparent, tracestate) or self._empty
+        raw_method = scope.get("method", "GET")
+        method = raw_method if raw_method in _KNOWN_METHODS else "_OTHER"
+        root_path = scope.get("root_path", "")
+        # Inside Starlette's middleware list, the app that owns the routes is in the scope.
+        owner = self.app if hasattr(self.app, "routes") else scope.get("app")
+        span = self._tracer.start_span(
+            method if method != "_OTHER" else "HTTP",
+            context=parent,
+            kind=self._server,
+            attributes=self._start_attributes(scope, method, host, agent),
+        )
+        token = self._attach(self._set_span(span, parent))
+        status_code: int | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_attribute("error.type", type(exc).__qualname__)
+            span.set_status(self._status_cls(self._error_code, type(exc).__qualname__))
+            raise
+        finally:
+            self._finish(
+                span,
+                scope,
+                owner=owner,
+                method=method,
+                root_path=root_path,
+                status_code=status_code,
+            )
+            span.end()
+            self._detach(token)
+
+    def _finish(
+        self,
+        span: Any,
+        scope: Scope,
+        *,
+        owner: Any,
+        method: str,
+        root_path: str,
+        status_code: int | None,
+    ) -> None:
+        template = route_template(scope, getattr(owner, "routes", ()), root_path)
+        if template is not None:
+            span.set_attribute("http.route", template)
+            span.update_name(f"{method if method != '_OTHER' else 'HTTP'} {template}")
+        if status_code is not None:
+            span.set_attribute("http.response.status_code", status_code)
+            if status_code >= 500:
+                span.set_attribute("error.type", str(status_code))
+                span.set_status(self._error)
