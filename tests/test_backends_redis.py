@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gennet_toolkit import backends
-from gennet_toolkit.backends import MemoryBackend, from_env, from_url
+from gennet_toolkit.backends import MemoryBackend, Message, from_env, from_url
 from gennet_toolkit.backends._redis_ops import SCRIPTS, script
 from gennet_toolkit.backends.redis import RedisBackend
 from gennet_toolkit.exceptions import ConfigurationError, ServiceUnavailable
@@ -182,6 +182,7 @@ async def test_backend_recovers_after_redis_restart(redis_server: RedisServer) -
     await backend.set("k", "v")
     assert (await backend.gcra("g", 5, 10)).allowed
     assert backend.sync.fixed_window("f", 5, 10).allowed
+    sub, sync_sub = await backend.subscribe("ch"), backend.sync.subscribe("ch")
 
     redis_server.stop()
     with pytest.raises(ServiceUnavailable):
@@ -190,16 +191,23 @@ async def test_backend_recovers_after_redis_restart(redis_server: RedisServer) -
         await backend.gcra("g", 5, 10)
     with pytest.raises(ServiceUnavailable):
         backend.sync.fixed_window("f", 5, 10)
+    with pytest.raises(ServiceUnavailable):
+        await sub.get(timeout=0.5)
+    with pytest.raises(ServiceUnavailable):
+        sync_sub.get(timeout=0.5)
 
-    redis_server.start()  # same port, empty dataset, no scripts
+    redis_server.start()  # same port, empty dataset, no scripts, no subscriptions
     assert await backend.get("k") is None
     assert (await backend.gcra("g", 5, 10)).remaining == 4  # script registered again
     assert backend.sync.fixed_window("f", 5, 10).remaining == 4
-    async with await backend.subscribe("ch") as sub:
-        assert await backend.publish("ch", "back") == 1
-        msg = await sub.get(timeout=5)
-        assert msg is not None
-        assert msg.data == b"back"
+    # The old subscriptions reconnect and subscribe again on their next read.
+    assert await sub.get(timeout=0.2) is None
+    assert sync_sub.get(timeout=0.2) is None
+    assert await backend.publish("ch", "back") == 2
+    assert await sub.get(timeout=5) == Message("ch", b"back")
+    assert sync_sub.get(timeout=5) == Message("ch", b"back")
+    await sub.aclose()
+    sync_sub.close()
     await backend.aclose()
 
 
@@ -230,4 +238,41 @@ def test_one_backend_serves_several_event_loops(redis_url: str, redis_prefix: st
 
     assert [asyncio.run(use()), asyncio.run(use())] == [1, 2]
     assert backend.sync.incr("n") == 3
+    backend.close()
+
+
+@pytest.mark.redis
+# Starlette 1.x nudges TestClient users towards httpx2; the portal is what this test is about.
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`:UserWarning")
+def test_starlette_app_shares_one_backend_across_test_client_portals(
+    redis_url: str, redis_prefix: str
+) -> None:
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    backend = RedisBackend(redis_url, prefix=redis_prefix)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await backend.aclose()  # each portal's loop closes its own pool
+
+    async def hits(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(await backend.incr("hits")))
+
+    def sync_hits(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(backend.sync.incr("hits")))  # runs in a worker thread
+
+    app = Starlette(
+        routes=[Route("/hits", hits), Route("/sync-hits", sync_hits)], lifespan=lifespan
+    )
+    for expected in (["1", "2"], ["3", "4"]):  # two portals: two event loops
+        with TestClient(app) as client:
+            assert [client.get("/hits").text, client.get("/sync-hits").text] == expected
     backend.close()

@@ -418,7 +418,9 @@ class Lock(_LockBase):
 
     async def extend(self, ttl: float | None = None) -> bool:
         """Reset the TTL to ``ttl`` (default: the lock's); False if no longer owned."""
-        return await self._backend.extend_lock(self.key, self.token, ttl or self.ttl)
+        return await self._backend.extend_lock(
+            self.key, self.token, self.ttl if ttl is None else ttl
+        )
 
     async def locked(self) -> bool:
         """Whether anyone holds the lock right now."""
@@ -462,7 +464,7 @@ class SyncLock(_LockBase):
 
     def extend(self, ttl: float | None = None) -> bool:
         """Reset the TTL to ``ttl`` (default: the lock's); False if no longer owned."""
-        return self._backend.extend_lock(self.key, self.token, ttl or self.ttl)
+        return self._backend.extend_lock(self.key, self.token, self.ttl if ttl is None else ttl)
 
     def locked(self) -> bool:
         """Whether anyone holds the lock right now."""

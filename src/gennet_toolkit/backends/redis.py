@@ -97,6 +97,9 @@ class RedisBackend(Backend):
             with self._guard:
                 entry = self._clients.get(loop)
                 if entry is None:
+                    # Forget pools of loops that have ended: nothing can use them again.
+                    for dead in [lp for lp in self._clients if lp.is_closed()]:
+                        del self._clients[dead]
                     aio = self._redis.asyncio
                     pool = aio.BlockingConnectionPool.from_url(
                         self._url, **self.options.pool_kwargs(self._redis, asyncio=True)
