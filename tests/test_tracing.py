@@ -233,6 +233,51 @@ async def test_incoming_flags_are_kept_and_reserved_bits_cleared(
     assert r.json()["sent"][0]["traceparent"].endswith(f"-{outgoing}")
 
 
+# The conformance suite's request cases, end to end: (headers in, trace continued?,
+# tracestate expected on the outgoing call or None for "not sent").
+HARNESS_CASES: list[tuple[str, list[tuple[str, str]], bool, str | None]] = [
+    ("no-headers", [], False, None),
+    ("traceparent-only", [("traceparent", VALID)], True, None),
+    ("wrong-header-name", [("trace-parent", VALID)], False, None),
+    ("tracestate-without-traceparent", [("tracestate", "foo=1,bar=2")], False, None),
+    ("both", [("traceparent", VALID), ("tracestate", "foo=1,bar=2")], True, "foo=1,bar=2"),
+    ("tracestate-wrong-name", [("traceparent", VALID), ("trace-state", "foo=1")], True, None),
+    ("tracestate-empty", [("traceparent", VALID), ("tracestate", "")], True, None),
+    ("tracestate-empty-line", [("traceparent", VALID), ("tracestate", ""), ("tracestate", "foo=1")],
+     True, "foo=1"),
+    ("tracestate-lines-in-order",
+     [("traceparent", VALID), ("tracestate", "foo=1,bar=2"), ("tracestate", "rojo=1,congo=2"),
+      ("tracestate", "baz=3")], True, "foo=1,bar=2,rojo=1,congo=2,baz=3"),
+    ("tracestate-ows", [("traceparent", VALID), ("tracestate", "foo=1 \t , \t bar=2, \t baz=3")],
+     True, "foo=1,bar=2,baz=3"),
+    ("tracestate-duplicate-key", [("traceparent", VALID), ("tracestate", "foo=1"),
+                                  ("tracestate", "foo=2")], True, None),
+    ("tracestate-33-members",
+     [("traceparent", VALID), ("tracestate", ",".join(f"k{i}=1" for i in range(33)))], True, None),
+    ("future-version", [("traceparent", f"cc-{TID}-{PID}-01-future")], True, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("headers", "continued", "state"),
+    [pytest.param(h, c, st, id=name) for name, h, c, st in HARNESS_CASES],
+)
+async def test_conformance_suite_cases_end_to_end(
+    traced_app: TracingMiddleware,
+    headers: list[tuple[str, str]],
+    continued: bool,
+    state: str | None,
+) -> None:
+    async with client(traced_app) as c:
+        r = await c.get("/calls", headers=headers)
+    (sent,) = r.json()["sent"]
+    version, trace_id, parent_id, _flags = sent["traceparent"].split("-")
+    assert version == "00"
+    assert (trace_id == TID) is continued
+    assert parent_id != PID
+    assert sent.get("tracestate") == state
+
+
 async def test_header_names_are_case_insensitive_in_bare_asgi(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:

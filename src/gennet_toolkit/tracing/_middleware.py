@@ -249,12 +249,15 @@ class TracingMiddleware:
         root_path: str,
         status_code: int | None,
     ) -> None:
+        attrs: dict[str, Any] = {}
         template = route_template(scope, getattr(owner, "routes", ()), root_path)
         if template is not None:
-            span.set_attribute("http.route", template)
+            attrs["http.route"] = template
             span.update_name(f"{method if method != '_OTHER' else 'HTTP'} {template}")
         if status_code is not None:
-            span.set_attribute("http.response.status_code", status_code)
+            attrs["http.response.status_code"] = status_code
             if status_code >= 500:
-                span.set_attribute("error.type", str(status_code))
+                attrs["error.type"] = str(status_code)
                 span.set_status(self._error)
+        if attrs:
+            span.set_attributes(attrs)

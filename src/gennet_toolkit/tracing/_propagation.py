@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from gennet_toolkit._context import correlation_id_var
 from gennet_toolkit._optional import require
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import SpanContext
 
-__all__ = ["context_from_headers", "load_otel", "write_headers"]
+__all__ = ["context_from_headers", "load_otel", "otel", "write_headers"]
 
 FEATURE = "gennet_toolkit.tracing"
 _loaded = False
@@ -33,12 +35,21 @@ def load_otel() -> None:
         _loaded = True
 
 
-def context_from_headers(traceparent: list[str], tracestate: list[str]) -> Context | None:
-    """The remote parent context for these header lines, or ``None`` to start a new trace."""
-    parsed = parse_traceparent(traceparent) if traceparent else None
-    if parsed is None:
-        # The spec forbids reading tracestate when traceparent failed: the trace restarts.
-        return None
+@dataclass(frozen=True, slots=True)
+class _Otel:
+    # Bound once: a function-level ``from x import y`` costs microseconds per request.
+    Context: Any
+    NonRecordingSpan: Any
+    SpanContext: Any
+    TraceFlags: Any
+    TraceState: Any
+    set_span_in_context: Any
+
+
+@functools.cache
+def otel() -> _Otel:
+    """The OpenTelemetry API names used per request (imports on first call)."""
+    load_otel()
     from opentelemetry.context import Context
     from opentelemetry.trace import (
         NonRecordingSpan,
@@ -48,15 +59,27 @@ def context_from_headers(traceparent: list[str], tracestate: list[str]) -> Conte
         set_span_in_context,
     )
 
+    return _Otel(Context, NonRecordingSpan, SpanContext, TraceFlags, TraceState,
+                 set_span_in_context)  # fmt: skip
+
+
+def context_from_headers(traceparent: list[str], tracestate: list[str]) -> Context | None:
+    """The remote parent context for these header lines, or ``None`` to start a new trace."""
+    parsed = parse_traceparent(traceparent) if traceparent else None
+    if parsed is None:
+        # The spec forbids reading tracestate when traceparent failed: the trace restarts.
+        return None
+    o = otel()
     members = parse_tracestate(tracestate) if tracestate else None
-    span_context = SpanContext(
+    span_context = o.SpanContext(
         trace_id=parsed.trace_id,
         span_id=parsed.parent_id,
         is_remote=True,
-        trace_flags=TraceFlags(parsed.flags),
-        trace_state=TraceState(members) if members else None,
+        trace_flags=o.TraceFlags(parsed.flags),
+        trace_state=o.TraceState(members) if members else None,
     )
-    return set_span_in_context(NonRecordingSpan(span_context), Context())
+    context: Context = o.set_span_in_context(o.NonRecordingSpan(span_context), o.Context())
+    return context
 
 
 def _drop(headers: MutableMapping[str, str], lowered: str) -> None:
