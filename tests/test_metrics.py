@@ -20,6 +20,8 @@ import anyio
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
@@ -962,3 +964,57 @@ async def test_timed_async_function_stays_a_coroutine_function(
     assert await fetch(3) == {"id": 3}
     assert registry.get_sample_value("fetch_seconds_count", {"outcome": "ok"}) == 1
     assert list(inspect.signature(fetch).parameters) == ["network_id"]
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_do_not_share_per_request_state(
+    registry: CollectorRegistry,
+) -> None:
+    app = PrometheusMiddleware(starlette_app(), registry=registry)
+    async with client(app) as c:
+        responses = await asyncio.gather(*(c.post("/echo", content=b"x" * n) for n in range(1, 61)))
+    assert [len(r.content) for r in responses] == list(range(1, 61))
+    labels = {"method": "POST", "route": "/echo"}
+    total = sum(range(1, 61))
+    assert registry.get_sample_value("http_request_size_bytes_sum", labels) == total
+    assert registry.get_sample_value("http_response_size_bytes_sum", labels) == total
+    assert registry.get_sample_value("http_requests_in_progress", {"method": "POST"}) == 0
+
+
+@pytest.mark.anyio
+async def test_fastapi_mounted_in_starlette_composes_both_prefixes(
+    registry: CollectorRegistry,
+) -> None:
+    outer = Starlette(routes=[Mount("/svc", app=fastapi_app())])
+    app = PrometheusMiddleware(outer, registry=registry)
+    async with client(app) as c:
+        assert (await c.get("/svc/v1/genes/lacZ")).status_code == 200
+        assert (await c.get("/svc/tenants/t1/edges/e")).status_code == 200
+    assert requests_total(registry, method="GET", route="/svc/v1/genes/{symbol}", status="200")
+    route = "/svc/tenants/{tenant}/edges/{eid}"
+    assert requests_total(registry, method="GET", route=route, status="200") == 1
+
+
+@given(accept=st.text(max_size=200), encoding=st.text(max_size=100))
+@settings(max_examples=150, deadline=None)
+def test_any_accept_headers_get_a_parseable_scrape(accept: str, encoding: str) -> None:
+    registry = CollectorRegistry()
+    BusinessMetrics(registry).counter("fuzz_total", "Fuzzed.").inc()
+    headers = [
+        (b"accept", accept.encode("utf-8", "replace")),
+        (b"accept-encoding", encoding.encode("utf-8", "replace")),
+    ]
+    sent = asyncio.run(
+        _raw_call(metrics_app(registry, gzip_min_size=0), http_scope("/", headers=headers))
+    )
+    assert sent[0]["status"] == 200
+    body = sent[1]["body"]
+    if (b"content-encoding", b"gzip") in sent[0]["headers"]:
+        body = gzip.decompress(body)
+    content_type = dict(sent[0]["headers"])[b"content-type"].decode()
+    parse = (
+        parse_openmetrics
+        if content_type.startswith("application/openmetrics")
+        else (text_string_to_metric_families)
+    )
+    assert "fuzz" in {f.name for f in parse(body.decode())}
