@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Literal, TypeAlias
 
 from gennet_toolkit.exceptions import ConfigurationError
@@ -116,7 +117,7 @@ class CheckOutcome:
         return body
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: to_json caches its bytes in __dict__
 class HealthReport:
     """One probe's answer: overall status, the check outcomes and the service metadata."""
 
@@ -145,6 +146,11 @@ class HealthReport:
 
     def to_json(self) -> bytes:
         """The body, serialised; values JSON cannot carry become strings, never an error."""
+        return self._json
+
+    @cached_property
+    def _json(self) -> bytes:
+        # A cached report answers many probes: serialise it once.
         return json.dumps(
             self.to_dict(), separators=(",", ":"), default=str, allow_nan=False
         ).encode()
@@ -163,6 +169,16 @@ class _Entry:
     component_id: str | None
     measurement: str
     state: State = field(default_factory=State)
+
+
+# What one check run produced: (result, exception, seconds it took).
+_Raw: TypeAlias = tuple[Any, BaseException | None, float]
+
+
+def _raw(task: asyncio.Task[_Raw]) -> _Raw:
+    if task.cancelled():  # the check cancelled itself
+        return None, asyncio.CancelledError(), 0.0
+    return task.result()
 
 
 class HealthRegistry:
@@ -443,9 +459,22 @@ class HealthRegistry:
 
     async def _run(self, probe: Probe) -> HealthReport:
         entries = [e for e in self._checks.values() if (e.ready if probe == "ready" else e.startup)]
-        outcomes = tuple(await asyncio.gather(*(self._run_one(e) for e in entries)))
-        failing = [o.name for o in outcomes if o.status == "fail" and o.critical]
-        degraded = [o.name for o in outcomes if o.status != "pass" and o.name not in failing]
+        at = now()
+        outcomes: dict[str, CheckOutcome] = {}
+        tasks: dict[asyncio.Task[_Raw], _Entry] = {}
+        loop = asyncio.get_running_loop()
+        for entry in entries:
+            if not entry.is_async and entry.state.thread_busy:
+                # The previous run still hangs in its thread: don't pile up another one.
+                busy = TimeoutError("previous run still in progress")
+                outcomes[entry.name] = self._outcome(entry, at, (None, busy, 0.0))
+            else:
+                tasks[loop.create_task(self._invoke(entry))] = entry
+        if tasks:
+            await self._collect(tasks, at, outcomes)
+        checks = tuple(outcomes[e.name] for e in entries)
+        failing = [o.name for o in checks if o.status == "fail" and o.critical]
+        degraded = [o.name for o in checks if o.status != "pass" and o.name not in failing]
         status: Status
         if failing:
             status, output = "fail", "failing: " + ", ".join(failing)
@@ -453,56 +482,69 @@ class HealthRegistry:
             status, output = "warn", "degraded: " + ", ".join(degraded)
         else:
             status, output = "pass", None
-        report = HealthReport(probe, status, outcomes, output, self._meta)
+        report = HealthReport(probe, status, checks, output, self._meta)
         if self.cache_ttl > 0:
             self._cache[probe] = (self._clock() + self.cache_ttl, report)
         return report
 
-    async def _run_one(self, entry: _Entry) -> CheckOutcome:
-        at = now()
-        t0 = time.perf_counter()
-        result: Any = None
-        error: BaseException | None = None
-        if not entry.is_async and entry.state.thread_busy:
-            # The previous run still hangs in its thread: don't pile up another one.
-            error = TimeoutError("previous run still in progress")
-        else:
-            task = asyncio.get_running_loop().create_task(self._invoke(entry))
-            try:
-                # wait() rather than wait_for(): a check that swallows cancellation
-                # must not hold the probe past its timeout.
-                done, _ = await asyncio.wait({task}, timeout=entry.timeout)
-            finally:
-                if not task.done():
-                    task.cancel()
-                    self._orphans.add(task)
-                    task.add_done_callback(self._orphan_done)
-            if task in done:
-                error = task.exception()
-                if error is None:
-                    result = task.result()
-            else:
-                error = TimeoutError(f"no answer within {entry.timeout:g} s")
-        duration = time.perf_counter() - t0
-        return self._outcome(entry, at, duration, result, error)
+    async def _collect(
+        self,
+        tasks: dict[asyncio.Task[_Raw], _Entry],
+        at: datetime,
+        outcomes: dict[str, CheckOutcome],
+    ) -> None:
+        # One wait() for all checks, woken at the earliest deadline still pending, rather
+        # than wait_for() per check: a check that swallows cancellation cannot hold the
+        # probe past its timeout, and the common all-fast case costs a single wait.
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        pending = set(tasks)
+        try:
+            while pending:
+                current = loop.time()
+                for task in [t for t in pending if t.done()]:
+                    pending.discard(task)
+                    outcomes[tasks[task].name] = self._outcome(tasks[task], at, _raw(task))
+                for task in [t for t in pending if current >= start + tasks[t].timeout]:
+                    pending.discard(task)
+                    entry = tasks[task]
+                    late = TimeoutError(f"no answer within {entry.timeout:g} s")
+                    outcomes[entry.name] = self._outcome(entry, at, (None, late, entry.timeout))
+                    self._abandon(task)
+                if pending:
+                    wake = min(start + tasks[t].timeout for t in pending)
+                    await asyncio.wait(pending, timeout=max(wake - current, 0.0))
+        finally:
+            for task in pending:
+                self._abandon(task)
 
-    async def _invoke(self, entry: _Entry) -> Any:
-        if entry.is_async:
-            result: Any = entry.check()
-        else:
-            result = await in_daemon_thread(entry.check, entry.state, entry.name)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+    def _abandon(self, task: asyncio.Task[Any]) -> None:
+        if not task.done():
+            task.cancel()
+            # Keep a reference until it really ends; a check may ignore cancellation.
+            self._orphans.add(task)
+            task.add_done_callback(self._orphan_done)
+
+    async def _invoke(self, entry: _Entry) -> _Raw:
+        t0 = time.perf_counter()
+        try:
+            if entry.is_async:
+                result: Any = entry.check()
+            else:
+                result = await in_daemon_thread(entry.check, entry.state, entry.name)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            return None, exc, time.perf_counter() - t0
+        return result, None, time.perf_counter() - t0
 
     def _orphan_done(self, task: asyncio.Task[Any]) -> None:
         self._orphans.discard(task)
         if not task.cancelled():
             task.exception()  # retrieve it: no "exception was never retrieved" noise
 
-    def _outcome(
-        self, entry: _Entry, at: datetime, duration: float, result: Any, error: BaseException | None
-    ) -> CheckOutcome:
+    def _outcome(self, entry: _Entry, at: datetime, raw: _Raw) -> CheckOutcome:
+        result, error, duration = raw
         status: Status = "pass"
         output: str | None = None
         value: Any = None
