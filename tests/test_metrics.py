@@ -1018,3 +1018,28 @@ def test_any_accept_headers_get_a_parseable_scrape(accept: str, encoding: str) -
         else (text_string_to_metric_families)
     )
     assert "fuzz" in {f.name for f in parse(body.decode())}
+
+
+@pytest.mark.anyio
+async def test_exemplar_is_the_trace_of_the_toolkit_tracing_middleware_outside(
+    registry: CollectorRegistry,
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gennet_toolkit.tracing import TracingMiddleware
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = TracingMiddleware(
+        PrometheusMiddleware(starlette_app(), registry=registry), tracer_provider=provider
+    )
+    async with client(app) as c:
+        assert (await c.get("/genes/lacZ")).status_code == 200
+    (span,) = exporter.get_finished_spans()
+    r = await scrape(metrics_app(registry), "/", accept="application/openmetrics-text")
+    families = {f.name: f for f in parse_openmetrics(r.text)}
+    (exemplar,) = [s.exemplar for s in families["http_requests"].samples if s.exemplar]
+    assert exemplar.labels["trace_id"] == format(span.context.trace_id, "032x")
