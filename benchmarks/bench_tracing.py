@@ -31,9 +31,13 @@ HEADERS = [
 
 
 def _clearing(fn: Any, exporter: InMemorySpanExporter) -> Any:
+    calls = 0
+
     async def one() -> None:
+        nonlocal calls
         await fn()
-        if len(exporter.get_finished_spans()) > 10_000:
+        calls += 1
+        if calls % 1000 == 0:  # keep memory flat without copying the span list per call
             exporter.clear()
 
     return one

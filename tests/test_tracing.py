@@ -345,6 +345,26 @@ async def test_mounted_route_name_uses_the_mount_template_not_the_raw_value(
     assert (span.attributes or {})["http.route"] == "/tenants/{tenant}/items/{item_id}"
 
 
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/tenants/acme/nothing/here", "GET /tenants/{tenant}/{path}"),
+        ("/files/a/b.txt", "GET /files/{path}"),
+    ],
+)
+async def test_request_ending_at_a_mount_is_named_by_the_mount_template(
+    provider: TracerProvider, exporter: InMemorySpanExporter, path: str, name: str
+) -> None:
+    async def files(scope: Scope, receive: Receive, send: Send) -> None:
+        await PlainTextResponse("file")(scope, receive, send)
+
+    inner = Starlette(routes=[Route("/items/{item_id:int}", PlainTextResponse)])
+    app = Starlette(routes=[Mount("/tenants/{tenant}", app=inner), Mount("/files", app=files)])
+    async with client(TracingMiddleware(app, tracer_provider=provider)) as c:
+        await c.get(path)
+    assert server_span(exporter).name == name
+
+
 async def test_unmatched_request_is_named_by_method_alone(
     traced_app: TracingMiddleware, exporter: InMemorySpanExporter
 ) -> None:

@@ -66,6 +66,11 @@ def route_template(scope: Scope, routes: Iterable[Any] = (), root_path: str = ""
     if not isinstance(path, str):
         return None
     concrete = scope.get("root_path", "")[len(root_path) :]
+    if hasattr(route, "routes"):
+        # The request ended at a Mount (a mounted non-router app, or nothing matched
+        # inside it): root_path already includes this mount's own segment.
+        prefix = _mount_prefix(routes, concrete) if concrete else None
+        return None if prefix is None else prefix + "/{path}"
     if not concrete:
         return path
     prefix = _mount_prefix(routes, concrete)
