@@ -365,7 +365,7 @@ async def test_hung_sync_check_is_not_started_again_while_its_thread_hangs() -> 
         release.wait(10)
 
     registry = HealthRegistry(cache_ttl=0)
-    registry.add("blocking", blocks, timeout=0.05)
+    registry.add("blocking", blocks, timeout=0.5)  # roomy: the third run must pass
     first = await registry.ready()
     second = await registry.ready()
     assert [first.checks[0].output, second.checks[0].output] == ["timeout", "timeout"]
@@ -1095,3 +1095,36 @@ async def test_http_check_fails_fast_on_a_closed_port() -> None:
     report = await registry.ready()
     assert (report.status, report.checks[0].output) == ("fail", "connection refused")
     assert json.loads(report.to_json())["checks"]["api:responseTime"][0]["status"] == "fail"
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts TCP connections and never answers a byte."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield int(listener.getsockname()[1])
+
+
+async def test_upstreams_that_accept_but_never_answer_fail_with_timeout(silent_port: int) -> None:
+    registry = HealthRegistry()
+    registry.add("api", http_check(f"http://127.0.0.1:{silent_port}/"), timeout=0.2)
+    registry.add("redis", redis_check(f"redis://127.0.0.1:{silent_port}/0"), timeout=0.2)
+    async with client_for(health_app(registry)) as client:
+        resp = await client.get("/ready")
+    body = assert_health_response(resp)
+    assert resp.status_code == 503
+    for key in ("api:responseTime", "redis:responseTime"):
+        assert body["checks"][key][0]["output"] == "timeout"
+
+
+async def test_a_check_that_cancels_itself_is_a_fail_not_an_error() -> None:
+    async def cancels() -> None:
+        raise asyncio.CancelledError
+
+    registry = HealthRegistry()
+    registry.add("odd", cancels)
+    registry.add("fine", Counter(None))
+    report = await registry.ready()
+    assert report.status == "fail"
+    assert [c.status for c in report.checks] == ["fail", "pass"]
