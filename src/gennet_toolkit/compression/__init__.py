@@ -13,13 +13,9 @@ Python build has ``compression.zstd`` (3.14+).
 
 from __future__ import annotations
 
-from ._middleware import (
-    NO_COMPRESSION_HEADER,
-    SKIP_STATE_KEY,
-    CompressionMiddleware,
-    skip_compression,
-)
+from ._middleware import CompressionMiddleware
 from ._negotiate import DEFAULT_EXCLUDED_CONTENT_TYPES, negotiate_encoding
+from ._response import NO_COMPRESSION_HEADER, SKIP_STATE_KEY, skip_compression
 
 __all__ = [
     "DEFAULT_EXCLUDED_CONTENT_TYPES",

@@ -2,109 +2,30 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
-import json
 import logging
 import os
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from types import ModuleType
 from typing import Any
 
-import anyio
-import anyio.lowlevel
-import anyio.to_thread
-
-from gennet_toolkit._context import correlation_id_var
 from gennet_toolkit._optional import require
-from gennet_toolkit.exceptions import (
-    BadRequest,
-    ConfigurationError,
-    GenNetError,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-)
-from gennet_toolkit.types import ASGIApp, Message, Receive, Scope, Send
+from gennet_toolkit.exceptions import ConfigurationError, UnsupportedMediaType
+from gennet_toolkit.types import ASGIApp, Receive, Scope, Send
 
-from ._codecs import Codec, DecodeError, Decoder, brotli_codec, gzip_codec, make_decoder, zstd_codec
-from ._negotiate import (
-    DEFAULT_EXCLUDED_CONTENT_TYPES,
-    ContentTypeFilter,
-    merge_vary,
-    negotiate_encoding,
-    weaken_etag,
-)
+from ._codecs import Codec, brotli_codec, gzip_codec, make_decoder, zstd_codec
+from ._negotiate import DEFAULT_EXCLUDED_CONTENT_TYPES, ContentTypeFilter, negotiate_encoding
+from ._request import Exchange, inflating_receive, problem_messages
+from ._response import compressing_send
 
-__all__ = ["NO_COMPRESSION_HEADER", "SKIP_STATE_KEY", "CompressionMiddleware", "skip_compression"]
+__all__ = ["CompressionMiddleware"]
 
 logger = logging.getLogger("gennet_toolkit.compression")
 
-#: A response header the app may set to keep one response uncompressed (for example a
-#: page that reflects user input next to a secret: the BREACH case). The middleware
-#: removes it before the response leaves.
-NO_COMPRESSION_HEADER = "x-gennet-no-compression"
-_NO_COMPRESSION = NO_COMPRESSION_HEADER.encode()
-
-#: Key in ``scope["state"]`` (``request.state.gennet_skip_compression`` in Starlette)
-#: that keeps the current response uncompressed; see :func:`skip_compression`.
-SKIP_STATE_KEY = "gennet_skip_compression"
-
 _MIB = 1024 * 1024
-# Output per receive() while inflating: small enough that no single message is large,
-# big enough that per-message overhead does not matter.
-_PIECE = 64 * 1024
-_NO_BODY_STATUS = frozenset({204, 304})
-
-_limiter_var: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
-    "gennet_compression_limiter"
-)
-
-
-def _limiter() -> anyio.CapacityLimiter:
-    # A limiter of our own, so compression never starves the threads that run sync
-    # endpoints (anyio's default limiter).
-    try:
-        return _limiter_var.get()
-    except LookupError:
-        limiter = anyio.CapacityLimiter(8)
-        _limiter_var.set(limiter)
-        return limiter
-
-
-def skip_compression(target: Any) -> None:
-    """Keep the current response uncompressed: pass the ASGI scope or a Starlette request.
-
-    Use it on routes whose responses reflect user input alongside secrets (BREACH).
-    Equivalent to setting the :data:`NO_COMPRESSION_HEADER` response header.
-    """
-    scope = getattr(target, "scope", target)
-    scope.setdefault("state", {})[SKIP_STATE_KEY] = True
-
-
-class _Aborted(Exception):
-    """Raised into the app from ``receive`` after the middleware answered the request."""
-
-
-class _Exchange:
-    """Per-request flags shared by the send and receive wrappers."""
-
-    __slots__ = ("aborted", "responded", "sent")
-
-    def __init__(self) -> None:
-        self.sent = False  # http.response.start has gone to the server
-        self.aborted = False  # the middleware answered; the app's messages are dropped
-        self.responded = False
-
-
-def _problem(exc: GenNetError, scope: Scope) -> tuple[Message, Message]:
-    body = exc.to_problem(instance=scope.get("path"), correlation_id=correlation_id_var.get())
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    start = {"type": "http.response.start", "status": exc.status_code, "headers": headers}
-    return start, {"type": "http.response.body", "body": payload, "more_body": False}
+# Distinct Accept-Encoding values remembered per middleware; real traffic has a handful.
+_ACCEPT_CACHE = 256
 
 
 def _env_int(env: MutableMapping[str, str], key: str) -> int | None:
@@ -239,6 +160,7 @@ class CompressionMiddleware:
         self.encodings: tuple[str, ...] = tuple(codecs)
         request_codings = ["gzip", "deflate", *(c for c in ("br", "zstd") if c in self._modules)]
         self._request_codings = ", ".join(request_codings)
+        self._accept_cache: dict[bytes, str | None] = {}
 
     @classmethod
     def from_env(
@@ -280,6 +202,18 @@ class CompressionMiddleware:
 
     # ------------------------------------------------------------------ per request
 
+    def _negotiate(self, accept: bytes) -> str | None:
+        cache = self._accept_cache
+        try:
+            return cache[accept]
+        except KeyError:
+            pass
+        coding = negotiate_encoding(accept.decode("latin-1"), self.encodings)
+        if len(cache) >= _ACCEPT_CACHE:
+            cache.clear()  # hostile variety costs a re-parse, never memory
+        cache[accept] = coding
+        return coding
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -293,7 +227,7 @@ class CompressionMiddleware:
             elif name == b"content-encoding":
                 request_coding = value if request_coding is None else request_coding + b"," + value
 
-        ex = _Exchange()
+        ex = Exchange()
         if request_coding is not None and self.decompress_requests:
             codings = [
                 c
@@ -303,15 +237,13 @@ class CompressionMiddleware:
             if codings:
                 decoder = make_decoder(codings[0], self._modules) if len(codings) == 1 else None
                 if decoder is None:
-                    await self._reject(
-                        UnsupportedMediaType(
-                            "The request's Content-Encoding is not supported.",
-                            code="unsupported_content_encoding",
-                            headers={"Accept-Encoding": self._request_codings},
-                        ),
-                        scope,
-                        send,
+                    exc = UnsupportedMediaType(
+                        "The request's Content-Encoding is not supported.",
+                        code="unsupported_content_encoding",
+                        headers={"Accept-Encoding": self._request_codings},
                     )
+                    for message in problem_messages(exc, scope):
+                        await send(message)
                     return
                 # The app sees a plain body: the encoding and the compressed length are
                 # gone. The scope is edited in place so outer middleware still sees what
@@ -321,12 +253,20 @@ class CompressionMiddleware:
                     for n, v in scope["headers"]
                     if n not in (b"content-encoding", b"content-length")
                 ]
-                receive = self._inflating_receive(scope, receive, send, decoder, ex)
+                receive = inflating_receive(
+                    scope, receive, send, decoder, ex, cap=self.max_decompressed_size
+                )
 
-        coding = negotiate_encoding(accept.decode("latin-1"), self.encodings) if accept else None
-        if scope.get("method") == "HEAD":
-            coding = None
-        wrapped = self._compressing_send(scope, send, coding, ex)
+        coding = self._negotiate(accept) if accept and scope.get("method") != "HEAD" else None
+        wrapped = compressing_send(
+            scope,
+            send,
+            self._codecs[coding] if coding is not None else None,
+            ex,
+            excluded=self._filter.excluded,
+            minimum=self.minimum_size,
+            threshold=self.thread_minimum_size,
+        )
         try:
             await self.app(scope, receive, wrapped)
         except Exception:
@@ -336,254 +276,6 @@ class CompressionMiddleware:
                 logger.debug("app raised after the request body was refused", exc_info=True)
                 return
             raise
-
-    async def _reject(self, exc: GenNetError, scope: Scope, send: Send) -> None:
-        start, body = _problem(exc, scope)
-        await send(start)
-        await send(body)
-
-    def _inflating_receive(
-        self, scope: Scope, receive: Receive, send: Send, decoder: Decoder, ex: _Exchange
-    ) -> Receive:
-        cap = self.max_decompressed_size
-        produced = 0
-        consumed = 0
-        upstream_done = False
-        finished = False
-
-        async def abort(exc: GenNetError) -> _Aborted:
-            ex.aborted = True
-            if not ex.sent:
-                ex.sent = ex.responded = True
-                start, body = _problem(exc, scope)
-                await send(start)
-                await send(body)
-            return _Aborted(exc.code)
-
-        async def inflating_receive() -> Message:
-            nonlocal produced, consumed, upstream_done, finished
-            if finished:
-                return await receive()
-            stalled = 0
-            while True:
-                if decoder.pending():
-                    data = b""
-                elif upstream_done:
-                    if consumed and not decoder.finished():
-                        raise await abort(
-                            BadRequest(
-                                "The compressed request body is truncated.",
-                                code="corrupt_request_encoding",
-                            )
-                        )
-                    finished = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
-                else:
-                    message = await receive()
-                    if message["type"] != "http.request":
-                        return message  # http.disconnect and anything else, untouched
-                    data = message.get("body", b"")
-                    consumed += len(data)
-                    upstream_done = not message.get("more_body", False)
-                try:
-                    out = decoder.feed(data, min(_PIECE, cap - produced + 1))
-                except DecodeError:
-                    raise await abort(
-                        BadRequest(
-                            "The compressed request body is corrupt.",
-                            code="corrupt_request_encoding",
-                        )
-                    ) from None
-                produced += len(out)
-                if produced > cap:
-                    raise await abort(
-                        PayloadTooLarge(
-                            f"The decompressed request body exceeds {cap} bytes.",
-                            code="decompressed_body_too_large",
-                            headers={"Connection": "close"},
-                        )
-                    )
-                if out:
-                    more = not upstream_done or decoder.pending()
-                    if not more:
-                        if not decoder.finished():
-                            raise await abort(
-                                BadRequest(
-                                    "The compressed request body is truncated.",
-                                    code="corrupt_request_encoding",
-                                )
-                            )
-                        finished = True
-                    return {"type": "http.request", "body": out, "more_body": more}
-                if not data:
-                    # Guards against a decoder that claims pending output but yields none.
-                    stalled += 1
-                    if stalled > 3:
-                        raise await abort(
-                            BadRequest(
-                                "The compressed request body is corrupt.",
-                                code="corrupt_request_encoding",
-                            )
-                        )
-
-        return inflating_receive
-
-    def _compressing_send(
-        self, scope: Scope, send: Send, coding: str | None, ex: _Exchange
-    ) -> Send:
-        codec = self._codecs[coding] if coding is not None else None
-        minimum = self.minimum_size
-        threshold = self.thread_minimum_size
-        excluded = self._filter.excluded
-        held: Message | None = None
-        encoder: Any = None
-        # 0: before start, 1: pass through, 2: start held until the first body, 3: streaming
-        mode = 0
-
-        async def run(fn: Callable[[bytes], bytes], data: bytes) -> bytes:
-            if len(data) >= threshold:
-                # Large chunks would block the event loop for milliseconds.
-                return await anyio.to_thread.run_sync(fn, data, limiter=_limiter())
-            return fn(data)
-
-        async def forward_start(message: Message) -> None:
-            ex.sent = True
-            await send(message)
-
-        async def compressing_send(message: Message) -> None:
-            nonlocal held, encoder, mode
-            if ex.aborted:
-                return
-            if mode == 1:
-                await send(message)
-                return
-            kind = message["type"]
-            if mode == 3:
-                if kind == "http.response.body":
-                    body = message.get("body", b"")
-                    more = message.get("more_body", False)
-                    if more:
-                        out = await run(encoder.chunk, body) if body else b""
-                    else:
-                        out = await run(encoder.finish, body)
-                    await send({"type": "http.response.body", "body": out, "more_body": more})
-                else:
-                    await send(message)
-                return
-            if mode == 0:
-                if kind != "http.response.start":
-                    await send(message)  # early hints, debug info: before the response
-                    return
-                decision, start = self._inspect(message, scope, codec, excluded, minimum)
-                if decision == 2:
-                    held, mode = start, 2
-                else:
-                    mode = 1
-                    await forward_start(start)
-                return
-            # mode == 2: start held, waiting for the first body message
-            assert held is not None
-            assert codec is not None
-            start, held = held, None
-            if kind != "http.response.body":
-                # pathsend, zerocopysend or unknown: send as is, never compress.
-                mode = 1
-                await forward_start(start)
-                await send(message)
-                return
-            body = message.get("body", b"")
-            more = message.get("more_body", False)
-            headers: list[tuple[bytes, bytes]] = start["headers"]
-            if not more:
-                mode = 1
-                if len(body) >= minimum:
-                    compressed = await run(codec.oneshot, body)
-                    if len(compressed) < len(body):
-                        _set_encoded(headers, codec.name, len(compressed), start)
-                        await forward_start(start)
-                        await send(
-                            {"type": "http.response.body", "body": compressed, "more_body": False}
-                        )
-                        return
-                await forward_start(start)
-                await send(message)
-                return
-            mode = 3
-            encoder = codec.stream()
-            out = await run(encoder.chunk, body) if body else b""
-            _set_encoded(headers, codec.name, None, start)
-            await forward_start(start)
-            await send({"type": "http.response.body", "body": out, "more_body": True})
-
-        return compressing_send
-
-    def _inspect(
-        self,
-        message: Message,
-        scope: Scope,
-        codec: Codec | None,
-        excluded: Callable[[bytes], bool],
-        minimum: int,
-    ) -> tuple[int, Message]:
-        """Decide what to do with a response from its start message.
-
-        Returns (1, start) to pass through (Vary added when the response could have been
-        compressed) or (2, start) to hold the start until the first body chunk.
-        """
-        status = message["status"]
-        headers = list(message.get("headers", ()))
-        content_type = b""
-        length: bytes | None = None
-        marker = False
-        for name, value in headers:
-            n = name.lower()
-            if n == b"content-encoding":
-                if value.strip().lower() != b"identity":
-                    return 1, message
-            elif n == b"content-type":
-                content_type = value
-            elif n == b"content-range":
-                return 1, message
-            elif n == b"content-length":
-                length = value
-            elif n == _NO_COMPRESSION:
-                marker = True
-        if marker:
-            headers = [(n, v) for n, v in headers if n.lower() != _NO_COMPRESSION]
-            return 1, {**message, "headers": headers}
-        state = scope.get("state")
-        if status == 206 or (content_type and excluded(content_type)):
-            return 1, message
-        if state and state.get(SKIP_STATE_KEY):
-            return 1, message
-        merge_vary(headers)
-        start = {**message, "headers": headers}
-        if codec is None or status < 200 or status in _NO_BODY_STATUS:
-            return 1, start
-        if length is not None:
-            try:
-                if int(length) < minimum:
-                    return 1, start
-            except ValueError:
-                pass
-        return 2, start
-
-
-def _set_encoded(
-    headers: list[tuple[bytes, bytes]], coding: str, length: int | None, start: Message
-) -> None:
-    """Rewrite the held start's headers for an encoded body (in place)."""
-    keep_length = length is not None and not start.get("trailers", False)
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        n = name.lower()
-        if n in (b"content-length", b"content-encoding"):
-            continue
-        out.append((name, weaken_etag(value) if n == b"etag" else value))
-    out.append((b"content-encoding", coding.encode()))
-    if keep_length:
-        out.append((b"content-length", str(length).encode()))
-    headers[:] = out
 
 
 def _has_stdlib_zstd() -> bool:

@@ -9,7 +9,7 @@ from functools import lru_cache
 __all__ = [
     "DEFAULT_EXCLUDED_CONTENT_TYPES",
     "ContentTypeFilter",
-    "merge_vary",
+    "vary_covers",
     "negotiate_encoding",
     "weaken_etag",
 ]
@@ -106,22 +106,9 @@ def negotiate_encoding(header: str, offered: tuple[str, ...]) -> str | None:
     return best
 
 
-def merge_vary(headers: list[tuple[bytes, bytes]], value: bytes = b"accept-encoding") -> None:
-    """Add ``value`` to the response's Vary in place, unless present or ``Vary: *``."""
-    first = -1
-    for i, (name, raw) in enumerate(headers):
-        if name.lower() != b"vary":
-            continue
-        if first < 0:
-            first = i
-        for token in raw.split(b","):
-            if token.strip().lower() in (b"*", value):
-                return
-    if first < 0:
-        headers.append((b"vary", b"Accept-Encoding"))
-    else:
-        name, raw = headers[first]
-        headers[first] = (name, raw + b", Accept-Encoding" if raw.strip() else b"Accept-Encoding")
+def vary_covers(value: bytes) -> bool:
+    """True when a Vary header value already names Accept-Encoding or is ``*``."""
+    return any(t.strip().lower() in (b"*", b"accept-encoding") for t in value.split(b","))
 
 
 def weaken_etag(etag: bytes) -> bytes:
@@ -132,7 +119,7 @@ def weaken_etag(etag: bytes) -> bytes:
 class ContentTypeFilter:
     """Tells whether a Content-Type header value is excluded from compression."""
 
-    __slots__ = ("_exact", "_top")
+    __slots__ = ("_cache", "_exact", "_top")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         exact: set[str] = set()
@@ -145,9 +132,21 @@ class ContentTypeFilter:
                 exact.add(p)
         self._exact = frozenset(exact)
         self._top = frozenset(top)
+        self._cache: dict[bytes, bool] = {}
 
     def excluded(self, content_type: bytes) -> bool:
         """True when the media type (parameters ignored) matches an excluded pattern."""
+        try:
+            return self._cache[content_type]
+        except KeyError:
+            pass
+        result = self._match(content_type)
+        if len(self._cache) >= 256:
+            self._cache.clear()  # an app with endless content types re-parses, no more
+        self._cache[content_type] = result
+        return result
+
+    def _match(self, content_type: bytes) -> bool:
         media = content_type.partition(b";")[0].strip().lower().decode("latin-1")
         if media in self._exact:
             return True
