@@ -34,7 +34,7 @@ VALID_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 def correlation_suite(name: str, headers: list[tuple[str, str]], description: str) -> Suite:
     bare = thirty_route_app()
     scope = make_scope("/items/42", headers=headers)
-    suite = Suite(name, description=description, baseline="bare Starlette")
+    suite = Suite(name, description=description, baseline="bare Starlette", rounds=31)
     suite.add("bare Starlette", request_driver(bare, scope))
     suite.add(
         "gennet CorrelationIdMiddleware", request_driver(CorrelationIdMiddleware(bare), scope)

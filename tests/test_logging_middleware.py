@@ -13,6 +13,7 @@ import logging
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -185,6 +186,45 @@ def test_generated_ids_are_uuid4_hex_and_unique() -> None:
     for cid in list(ids)[:20]:
         assert is_hex_or_uuid(cid)
         assert cid[12] == "4"  # version nibble
+
+
+def _child_id(conn: Any) -> None:
+    conn.send(new_correlation_id())
+    conn.close()
+
+
+def test_a_forked_child_never_reuses_the_parents_pending_ids() -> None:
+    import multiprocessing
+
+    new_correlation_id()  # the pool now holds ids drawn in this process
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+    proc = ctx.Process(target=_child_id, args=(child_end,))
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a process with threads; the child only
+        # draws one id and exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        proc.start()
+    child = parent_end.recv()
+    proc.join(10)
+    assert proc.exitcode == 0
+    assert is_hex_or_uuid(child)
+    assert child != new_correlation_id()
+
+
+def test_ids_generated_from_many_threads_are_unique() -> None:
+    out: list[list[str]] = []
+
+    def work() -> None:
+        out.append([new_correlation_id() for _ in range(2000)])
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for chunk in out for i in chunk]
+    assert len(ids) == len(set(ids)) == 12000
 
 
 def test_header_name_must_be_a_token() -> None:

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -36,7 +35,8 @@ logger = logging.getLogger("gennet_toolkit.logging_middleware")
 MAX_LENGTH = 128
 # Letters, digits and ``. _ : -`` only: no whitespace, CR/LF, quotes, ``%`` or braces,
 # so an accepted id can go into a log line, a header or a format string unharmed.
-_SAFE_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:\-]{{0,{MAX_LENGTH - 1}}}")
+# The lookahead rejects all-zero ids (nginx and OTel treat them as "no id").
+_SAFE_ID = re.compile(rf"(?![0-]*$)[A-Za-z0-9][A-Za-z0-9._:\-]{{0,{MAX_LENGTH - 1}}}")
 _HEX_OR_UUID = re.compile(
     r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
@@ -48,7 +48,7 @@ def is_valid_correlation_id(value: str) -> bool:
     Accepts UUIDs (with or without dashes), nginx ``$request_id``, OpenTelemetry trace ids
     and most vendors' request ids; rejects anything that could break a log line or header.
     """
-    return _SAFE_ID.fullmatch(value) is not None and value.strip("0-") != ""
+    return _SAFE_ID.fullmatch(value) is not None
 
 
 def is_hex_or_uuid(value: str) -> bool:
@@ -56,9 +56,38 @@ def is_hex_or_uuid(value: str) -> bool:
     return _HEX_OR_UUID.fullmatch(value) is not None and value.strip("0-") != ""
 
 
+_BATCH = 256
+_SET_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))  # version nibble 4
+_SET_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))  # RFC 4122 variant
+_pool: list[str] = []
+_fork_hook: list[bool] = []
+
+
+def _refill() -> None:
+    # One urandom call and one hex conversion per 256 ids: uuid4().hex per request
+    # costs more than all the rest of the middleware.
+    if not _fork_hook and hasattr(os, "register_at_fork"):
+        # A forked worker must not hand out the ids left in its parent's pool.
+        os.register_at_fork(after_in_child=_pool.clear)
+        _fork_hook.append(True)
+    raw = bytearray(os.urandom(16 * _BATCH))
+    raw[6::16] = raw[6::16].translate(_SET_VERSION)
+    raw[8::16] = raw[8::16].translate(_SET_VARIANT)
+    text = raw.hex()
+    _pool.extend(text[i : i + 32] for i in range(0, len(text), 32))
+
+
 def new_correlation_id() -> str:
-    """A fresh id: a random (version 4) UUID as 32 lower-case hex digits."""
-    return uuid.UUID(bytes=os.urandom(16), version=4).hex
+    """A fresh id: a random version 4 UUID as 32 lower-case hex digits (``uuid4().hex``).
+
+    Drawn from ``os.urandom`` in batches; thread-safe, and fork-safe (a child process
+    discards the ids its parent had drawn).
+    """
+    while True:
+        try:
+            return _pool.pop()
+        except IndexError:
+            _refill()
 
 
 def get_correlation_id() -> str | None:
@@ -204,6 +233,7 @@ class CorrelationIdMiddleware:
                 headers.append((header, cid.encode("latin-1")))
                 scope["headers"] = headers
         id_header = (header, cid.encode("latin-1"))
+        header_len = len(header)
         scope[SCOPE_CORRELATION_ID] = cid
         scope[SCOPE_CORRELATION_HEADER] = self.header_name
 
@@ -222,7 +252,7 @@ class CorrelationIdMiddleware:
                     started = True
                     headers = message.get("headers") or ()
                     for name, _ in headers:
-                        if name.lower() == header:
+                        if len(name) == header_len and name.lower() == header:
                             break
                     else:
                         # A new dict and list: the app may reuse its message or header list.
