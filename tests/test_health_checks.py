@@ -1128,3 +1128,41 @@ async def test_a_check_that_cancels_itself_is_a_fail_not_an_error() -> None:
     report = await registry.ready()
     assert report.status == "fail"
     assert [c.status for c in report.checks] == ["fail", "pass"]
+
+
+def test_under_a_real_uvicorn_server_probes_follow_the_lifespan() -> None:
+    import time
+
+    import uvicorn
+
+    registry = HealthRegistry()
+    registry.add("sync_dep", lambda: True)
+    registry.add("async_dep", Counter(None))
+    registry.add("optional", Counter(False), critical=False)
+    app = starlette_app(registry)
+    app.add_middleware(HealthLifespanMiddleware, registry=registry)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            time.sleep(0.01)
+        assert server.started
+        # Probe like the kubelet: 1 s timeout, success is any 200-399.
+        headers = {"User-Agent": "kube-probe/1.31"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=1.0) as probe:
+            live = probe.get("/health/live", headers=headers)
+            ready = probe.get("/health/ready", headers=headers)
+            startup = probe.get("/health/startup", headers=headers)
+        assert [live.status_code, ready.status_code, startup.status_code] == [200, 200, 200]
+        assert assert_health_response(ready)["status"] == "warn"
+        assert not registry.shutting_down
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert registry.shutting_down
