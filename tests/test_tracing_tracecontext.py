@@ -7,6 +7,8 @@ written from the spec text and the cases of its conformance suite.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gennet_toolkit.tracing import (
     TraceParent,
@@ -207,3 +209,37 @@ def test_tracestate_truncation_then_drops_from_the_right_whole_entries() -> None
     text = format_tracestate(members, limit=512)
     assert len(text) <= 512
     assert text == ",".join(f"k{i:02d}={'v' * 100}" for i in range(4))
+
+
+_hex_ish = st.text(alphabet="0123456789abcdef0A.", min_size=0, max_size=34)
+_traceparent_like = st.builds(
+    lambda lead, version, trace_id, parent_id, flags, tail, seps: (
+        f"{lead}{version}{seps[0]}{trace_id}{seps[1]}{parent_id}{seps[2]}{flags}{tail}"
+    ),
+    st.sampled_from(["", " ", "\t", " \t"]),
+    st.sampled_from(["00", "01", "cc", "fe", "ff", "0A", "0", "000", ".0"]),
+    st.one_of(st.just(TID), st.just("0" * 32), _hex_ish),
+    st.one_of(st.just(PID), st.just("0" * 16), _hex_ish.map(lambda s: s[:17])),
+    st.sampled_from(["00", "01", "02", "03", "ff", "0A", "1", "001", ".0"]),
+    st.sampled_from(["", " ", "\t ", "-", "-future", ".future", "-a-b"]),
+    st.sampled_from([("-", "-", "-"), ("-", "-", "_"), ("_", "-", "-")]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_traceparent_like)
+def test_traceparent_agrees_with_the_opentelemetry_propagator(value: str) -> None:
+    """Differential oracle: for a single header both parsers take the same decision."""
+    from opentelemetry.trace import get_current_span
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    theirs = get_current_span(
+        TraceContextTextMapPropagator().extract({"traceparent": value})
+    ).get_span_context()
+    ours = parse_traceparent(value)
+    if ours is None:
+        assert not theirs.is_valid
+    else:
+        assert theirs.is_valid
+        assert (ours.trace_id, ours.parent_id) == (theirs.trace_id, theirs.span_id)
+        assert ours.sampled == theirs.trace_flags.sampled
