@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gennet_toolkit.backends import Backend, LockNotAcquired, from_url
+from gennet_toolkit.backends import Backend, LockNotAcquired, MemoryBackend, from_url
 
 BACKENDS = [
     pytest.param("memory", id="memory"),
@@ -405,3 +405,27 @@ def test_sync_lock_is_exclusive_among_threads(kind: str, request: pytest.Fixture
         list(pool.map(worker, range(24)))
     backend.sync.close()
     assert (state["peak"], state["done"]) == (1, 24)
+
+
+# --------------------------------------------------------------------------- memory specifics
+
+
+def test_memory_sweeps_expired_keys_nobody_reads_again() -> None:
+    clock = FakeClock()
+    backend = MemoryBackend(clock=clock)
+    for i in range(2000):
+        backend.sync.set(f"old:{i}", "v", ttl=1)
+    clock.advance(2)
+    for i in range(10_000):
+        backend.sync.set(f"new:{i}", "v")
+    # Never read again, yet the expired keys are gone: writes sweep bounded batches.
+    assert not [k for k in backend.sync._values if k.startswith("old:")]
+    assert backend.sync.get("old:1999") is None
+
+
+def test_memory_backend_starts_no_thread() -> None:
+    before = threading.active_count()
+    backend = MemoryBackend()
+    backend.sync.set("k", "v", ttl=1)
+    backend.sync.subscribe("ch").close()
+    assert threading.active_count() == before

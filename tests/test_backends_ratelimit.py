@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gennet_toolkit.backends import MemoryBackend, RateLimitResult
 from gennet_toolkit.backends.redis import RedisBackend
@@ -186,3 +188,74 @@ async def test_redis_rate_keys_are_named_by_algorithm_hash_tagged_and_expiring(
             assert 0 < await client.pttl(key) <= 120_000
     finally:
         await backend.aclose()
+
+
+# --------------------------------------------------------------------------- properties
+
+steps = st.lists(
+    st.tuples(st.floats(0, 3, allow_nan=False), st.integers(1, 3)), min_size=1, max_size=60
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=steps)
+def test_fixed_window_matches_its_model(steps: list[tuple[float, int]]) -> None:
+    clock = FakeClock()
+    store = MemoryBackend(clock=clock).sync
+    start, count = None, 0
+    for dt, cost in steps:
+        clock.advance(dt)
+        if start is None or clock.now >= start + 2:
+            start, count = clock.now, 0
+        expected = count + cost <= 5
+        count += cost if expected else 0
+        assert store.fixed_window("k", 5, 2, cost).allowed is expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=steps)
+def test_gcra_never_admits_more_than_burst_plus_rate(steps: list[tuple[float, int]]) -> None:
+    clock = FakeClock()
+    store = MemoryBackend(clock=clock).sync
+    admitted: list[tuple[float, int]] = []
+    for dt, cost in steps:
+        clock.advance(dt)
+        if store.gcra("k", 5, 2, cost).allowed:
+            admitted.append((clock.now, cost))
+    for i, (t0, _) in enumerate(admitted):
+        for t1, _ in admitted[i:]:
+            taken = sum(c for t, c in admitted if t0 <= t <= t1)
+            assert taken <= 5 + (t1 - t0) * 5 / 2 + 1e-6
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=steps)
+def test_sliding_window_never_exceeds_the_limit_in_an_aligned_window(
+    steps: list[tuple[float, int]],
+) -> None:
+    clock = FakeClock()
+    store = MemoryBackend(clock=clock).sync
+    per_window: dict[int, int] = {}
+    for dt, cost in steps:
+        clock.advance(dt)
+        if store.sliding_window("k", 5, 2, cost).allowed:
+            window = int(clock.now // 2)
+            per_window[window] = per_window.get(window, 0) + cost
+    assert all(v <= 5 for v in per_window.values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=steps, algorithm=st.sampled_from(ALGORITHMS), cost=st.integers(1, 5))
+def test_waiting_retry_after_is_enough(
+    steps: list[tuple[float, int]], algorithm: str, cost: int
+) -> None:
+    clock = FakeClock()
+    store = MemoryBackend(clock=clock).sync
+    method = getattr(store, algorithm)
+    for dt, c in steps:
+        clock.advance(dt)
+        method("k", 5, 2, c)
+    denied = method("k", 5, 2, cost)
+    if not denied.allowed:
+        clock.advance(denied.retry_after + 1e-9)
+        assert method("k", 5, 2, cost).allowed

@@ -2,7 +2,7 @@
 
 Every operation takes the lock once, does its read-modify-write and returns, so it is
 atomic across threads and never yields to the event loop halfway. Expired keys are
-dropped when touched and by a small sweep every few thousand writes (no thread).
+dropped when touched and by a bounded sweep every thousand writes (no thread).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ __all__ = ()
 # Counters stay ints, GCRA arrival times floats, sliding windows (window, cur, prev).
 _Stored: TypeAlias = bytes | int | float | tuple[int, int, int]
 
-_SWEEP_EVERY = 4096
-_SWEEP_BATCH = 256
+_SWEEP_EVERY = 1024
+_SWEEP_BATCH = 2 * _SWEEP_EVERY
 _EPS = 1e-9
 
 
@@ -68,7 +68,6 @@ class MemoryStore(SyncBackend):
 
     def _put(self, key: str, value: _Stored, ttl: float | None, now: float) -> None:
         self._values[key] = value
-        # Re-inserting keeps the expiry dict roughly oldest-first for the sweep.
         self._expires.pop(key, None)
         if ttl is not None:
             self._expires[key] = now + ttl
@@ -81,9 +80,16 @@ class MemoryStore(SyncBackend):
         return self._values.pop(key, None) is not None
 
     def _sweep(self, now: float) -> None:
-        dead = [k for k, exp in islice(self._expires.items(), _SWEEP_BATCH) if exp <= now]
-        for k in dead:
-            self._drop(k)
+        # Look at twice as many keys as were written since the last sweep, and send the
+        # live ones to the back: the sweep walks the whole dict in turn, so expired keys
+        # that nobody reads again cannot pile up faster than they are found.
+        expires = self._expires
+        for key in list(islice(expires, _SWEEP_BATCH)):
+            when = expires.pop(key)
+            if when <= now:
+                self._values.pop(key, None)
+            else:
+                expires[key] = when
 
     @staticmethod
     def _as_bytes(value: _Stored | None) -> bytes | None:
