@@ -278,6 +278,64 @@ async def test_conformance_suite_cases_end_to_end(
     assert sent.get("tracestate") == state
 
 
+@pytest.fixture
+def live_url(traced_app: TracingMiddleware) -> Iterator[str]:
+    """The traced app behind a real uvicorn server on loopback."""
+    import threading
+    import time
+
+    import uvicorn
+
+    config = uvicorn.Config(
+        traced_app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", ws="none"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def raw_get(url: str, path: str, header_lines: list[str]) -> Any:
+    """GET with header lines written verbatim (httpx refuses OWS around values)."""
+    import json
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    head = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close", *header_lines]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    assert b" 200 " in status_line
+    return json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def test_real_server_handles_casing_ows_and_duplicated_headers(live_url: str) -> None:
+    """Through uvicorn/h11, as the conformance suite sends them."""
+    cased = raw_get(live_url, "/calls", [f"TrAcEpArEnT: \t {VALID} \t"])
+    duplicated = raw_get(live_url, "/calls", [f"traceparent: {VALID}", f"traceparent: {VALID}"])
+    state = raw_get(
+        live_url,
+        "/calls?calls=2",
+        [f"traceparent: {VALID}", "TraceState: foo=1 ,", "tracestate: bar=2"],
+    )
+    assert cased["trace_id"] == TID
+    assert duplicated["trace_id"] != TID
+    first, second = state["sent"]
+    assert first["tracestate"] == second["tracestate"] == "foo=1,bar=2"
+    assert first["traceparent"] != second["traceparent"]
+
+
 async def test_header_names_are_case_insensitive_in_bare_asgi(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
