@@ -940,3 +940,29 @@ def test_burn_rate_alert_needs_both_windows() -> None:
 def test_slo_presets_reject_bad_settings(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         slo_burn_rate_rules("Api", errors="e_total", total="t_total", **kwargs)
+
+
+def test_rate_adds_back_counter_resets_like_promql() -> None:
+    from gennet_toolkit.monitoring._windows import _History, extrapolated_rate
+
+    history = _History()
+    for t, v in [(0, 0.0), (60_000, 10.0), (120_000, 3.0), (180_000, 8.0)]:
+        history.append(t, v)
+    assert history.decreased
+    # 10 before the reset plus 8 after it, over exactly the sampled range.
+    assert extrapolated_rate(history, 180_000, 180_000, is_rate=False) == 18.0
+    assert extrapolated_rate(history, 180_000, 180_000, is_rate=True) == 0.1
+    assert extrapolated_rate(history, 180_000, 30_000, is_rate=True) is None
+
+
+def test_a_histogram_with_negative_observations_still_evaluates() -> None:
+    clock = FakeClock(0)
+    monitor = Monitor(clock=clock)
+    hist = monitor.histogram("delta", buckets=(0.0, 1.0))
+    for value in (5.0, -7.0, 1.0):
+        clock.advance(60)
+        hist.observe(value)
+        monitor.sample()
+    mean = monitor.query("delta", "mean", 120)
+    assert mean is not None
+    assert math.isfinite(mean)

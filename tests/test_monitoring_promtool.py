@@ -414,3 +414,66 @@ def test_promtool_comparison_can_fail(
     )
     assert proc.returncode != 0
     assert str(victim["alertname"]) in proc.stdout + proc.stderr
+
+
+AWKWARD = (
+    'quote " backslash \\ newline\n tab\t hash # colon: dash - '
+    "accents é ✓ 🧬 next-line \x85 line-sep \u2028 control \x01 delete \x7f end"
+)
+
+
+@needs_promtool
+def test_awkward_label_and_annotation_text_reaches_prometheus_unchanged(tmp_path: Path) -> None:
+    # Prometheus must read back exactly what the rule holds: YAML quoting is ours alone.
+    now = [0.0]
+    rule = AlertRule(
+        "Awkward",
+        "queue_depth",
+        ">",
+        0,
+        0,
+        "page",
+        aggregation="last",
+        labels={"note": AWKWARD},
+        annotations={"summary": AWKWARD, "value": "{{ $value }}"},
+    )
+    monitor = Monitor(clock=lambda: now[0], evaluation_interval=60, rules=[rule])
+    monitor.gauge("queue_depth").set(3)
+    monitor.evaluate()
+    (alert,) = monitor.alerts()
+    assert alert.annotations == {"summary": AWKWARD, "value": "3"}
+    monitor.export_prometheus_rules(tmp_path / "rules.yml")
+    content = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": "queue_depth", "values": "3 3"}],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "1m",
+                        "alertname": "Awkward",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": dict(rule.all_labels),
+                                "exp_annotations": alert.annotations,
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "rules_test.yml"
+    test_file.write_text(yaml.safe_dump(content, sort_keys=False))
+    for args in (["check", "rules", "rules.yml"], ["test", "rules", str(test_file)]):
+        proc = subprocess.run(
+            [str(PROMTOOL), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr

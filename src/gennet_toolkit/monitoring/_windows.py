@@ -38,11 +38,13 @@ def to_ms(seconds: float) -> int:
 class _History:
     """Samples ``(t_ms, value)`` in time order; old ones are dropped in batches."""
 
-    __slots__ = ("times", "values")
+    __slots__ = ("decreased", "times", "values")
 
     def __init__(self) -> None:
         self.times: list[int] = []
         self.values: list[float] = []
+        # Whether a value ever went down: only then must rate() scan for counter resets.
+        self.decreased = False
 
     def append(self, t_ms: int, value: float) -> None:
         if self.times and t_ms <= self.times[-1]:
@@ -50,8 +52,12 @@ class _History:
             # An older one (a clock stepping back) is dropped, as Prometheus drops
             # out-of-order samples.
             if t_ms == self.times[-1]:
+                if len(self.values) > 1 and not value >= self.values[-2]:
+                    self.decreased = True
                 self.values[-1] = value
             return
+        if self.values and not value >= self.values[-1]:
+            self.decreased = True
         self.times.append(t_ms)
         self.values.append(value)
 
@@ -62,9 +68,12 @@ class _History:
             del self.times[:cut]
             del self.values[:cut]
 
+    def bounds(self, start_ms: int, end_ms: int) -> tuple[int, int]:
+        """Indices ``lo, hi`` of the samples in the closed range (Prometheus 2.x)."""
+        return bisect.bisect_left(self.times, start_ms), bisect.bisect_right(self.times, end_ms)
+
     def window(self, start_ms: int, end_ms: int) -> tuple[list[int], list[float]]:
-        lo = bisect.bisect_left(self.times, start_ms)
-        hi = bisect.bisect_right(self.times, end_ms)
+        lo, hi = self.bounds(start_ms, end_ms)
         return self.times[lo:hi], self.values[lo:hi]
 
     def last(self, at_ms: int) -> tuple[int, float] | None:
@@ -228,22 +237,28 @@ def extrapolated_rate(
     history: _History, at_ms: int, range_ms: int, *, is_rate: bool
 ) -> float | None:
     """``rate()`` (``is_rate``) or ``increase()`` of a counter; None when < 2 samples."""
-    times, values = history.window(at_ms - range_ms, at_ms)
-    if len(times) < 2:
+    lo, hi = history.bounds(at_ms - range_ms, at_ms)
+    n = hi - lo
+    if n < 2:
         return None
-    result = values[-1] - values[0]
-    last = 0.0
-    for v in values:  # counter resets (a restarted process) add the value before the drop
-        if v < last:
-            result += last
-        last = v
+    times, values = history.times, history.values
+    first_t, last_t = times[lo], times[hi - 1]
+    first_v = values[lo]
+    result = values[hi - 1] - first_v
+    if history.decreased:
+        last = 0.0
+        for i in range(lo, hi):  # a counter reset adds the value before the drop
+            v = values[i]
+            if v < last:
+                result += last
+            last = v
     range_start, range_end = at_ms - range_ms, at_ms
-    duration_to_start = float(times[0] - range_start) / 1000
-    duration_to_end = float(range_end - times[-1]) / 1000
-    sampled_interval = float(times[-1] - times[0]) / 1000
-    average_between = sampled_interval / float(len(times) - 1)
-    if result > 0 and values[0] >= 0:
-        duration_to_zero = sampled_interval * (values[0] / result)
+    duration_to_start = float(first_t - range_start) / 1000
+    duration_to_end = float(range_end - last_t) / 1000
+    sampled_interval = float(last_t - first_t) / 1000
+    average_between = sampled_interval / float(n - 1)
+    if result > 0 and first_v >= 0:
+        duration_to_zero = sampled_interval * (first_v / result)
         duration_to_start = min(duration_to_start, duration_to_zero)
     threshold = average_between * 1.1
     extrapolate_to = sampled_interval
