@@ -515,6 +515,45 @@ async def test_first_compressed_chunk_arrives_before_the_app_sends_the_last(codi
     assert sent[-1]["more_body"] is False
 
 
+async def test_early_headers_send_the_start_before_the_first_chunk_exists() -> None:
+    started = anyio.Event()
+
+    async def stream() -> AsyncIterator[bytes]:
+        await started.wait()  # held headers would never let this return (fail_after)
+        yield b"tiny"
+
+    async def endpoint(request: Request) -> Response:
+        return StreamingResponse(stream(), media_type="text/plain")
+
+    async def on_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            started.set()
+
+    app = CompressionMiddleware(Starlette(routes=[Route("/", endpoint)]), early_headers=True)
+    with anyio.fail_after(5):
+        sent = await drive(app, [(b"accept-encoding", b"gzip")], on_send=on_send)
+    assert header(sent[0], b"content-encoding") == b"gzip"
+    assert gzip.decompress(b"".join(m["body"] for m in sent[1:])) == b"tiny"
+    # A sized response still waits and honours minimum_size.
+    sized = CompressionMiddleware(
+        bare_app([(b"content-type", b"text/plain"), (b"content-length", b"4")], [b"tiny"]),
+        early_headers=True,
+    )
+    sent = await drive(sized, [(b"accept-encoding", b"gzip")])
+    assert header(sent[0], b"content-encoding") is None
+
+
+async def test_malformed_accept_encoding_over_http_is_never_an_error() -> None:
+    for value in ["gzip;q=1;q=2;;, , br;q=x", ";q=0.5", "*;q=;", "gzip;q=0.5.5", "q=1"]:
+        response, raw = await raw_get(starlette_app(), headers={"Accept-Encoding": value})
+        assert response.status_code == 200
+        encoding = response.headers.get("content-encoding")
+        decoded = {None: lambda b: b, "gzip": gzip.decompress, "br": brotli.decompress}[encoding](
+            raw
+        )
+        assert decoded == BODY
+
+
 async def test_streamed_body_is_one_valid_gzip_stream_and_drops_content_length() -> None:
     headers = [(b"content-type", b"text/plain"), (b"content-length", b"3000"), (b"etag", b'"s"')]
     parts = [b"a" * 1000, b"", b"b" * 1000, b"c" * 1000]
@@ -815,6 +854,28 @@ async def test_bomb_app_never_sees_more_than_the_cap() -> None:
     assert (b"connection", b"close") in sent[0]["headers"]
 
 
+async def test_app_that_swallows_the_refusal_reads_a_disconnect_and_its_reply_is_dropped() -> None:
+    after: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except Exception:
+            after.append((await receive())["type"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"pretending all is well"})
+
+    sent = await drive(
+        CompressionMiddleware(app, max_decompressed_size=1000),
+        [(b"content-encoding", b"gzip")],
+        body_messages=[{"type": "http.request", "body": gzip_bytes(b"x" * 5000)}],
+    )
+    assert after == ["http.disconnect"]
+    assert [m.get("status") for m in sent] == [413, None]
+    assert b"pretending" not in sent[1]["body"]
+
+
 async def test_body_exactly_at_the_cap_is_accepted() -> None:
     payload = b"x" * 10_000
     response, raw = await raw_get(
@@ -908,6 +969,7 @@ def test_options_are_validated() -> None:
         {"encodings": ["lzma"]},
         {"encodings": []},
         {"breach_padding": 10, "encodings": ["br"]},
+        *([] if HAS_ZSTD else [{"encodings": ["zstd", "gzip"]}]),
     ):
         with pytest.raises(ConfigurationError):
             CompressionMiddleware(app, **bad)

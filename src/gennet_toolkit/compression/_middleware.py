@@ -76,6 +76,9 @@ class CompressionMiddleware:
 
     ``breach_padding`` > 0 turns on "Heal the BREACH" length hiding: every gzip response
     carries 1..``breach_padding`` random bytes in its header; only gzip is offered then.
+    ``early_headers=True`` sends the start of a response without Content-Length at once
+    (compressed even if it turns out small) instead of holding it until the first chunk,
+    for streams whose first chunk is slow to come.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class CompressionMiddleware:
         max_decompressed_size: int = 10 * _MIB,
         thread_minimum_size: int = 256 * 1024,
         breach_padding: int = 0,
+        early_headers: bool = False,
     ) -> None:
         if minimum_size < 0:
             raise ConfigurationError("minimum_size must be >= 0")
@@ -114,6 +118,7 @@ class CompressionMiddleware:
         self.max_decompressed_size = max_decompressed_size
         self.thread_minimum_size = thread_minimum_size
         self.breach_padding = breach_padding
+        self.early_headers = early_headers
         self._filter = ContentTypeFilter(excluded_content_types)
 
         # Optional libraries are imported here, once, never at module import.
@@ -170,8 +175,8 @@ class CompressionMiddleware:
 
         ``MINIMUM_SIZE``, ``GZIP_LEVEL``, ``BROTLI_QUALITY``, ``ZSTD_LEVEL``,
         ``MAX_DECOMPRESSED_SIZE``, ``THREAD_MINIMUM_SIZE``, ``BREACH_PADDING`` (integers),
-        ``DECOMPRESS_REQUESTS`` (boolean), ``ENCODINGS`` and ``EXCLUDED_CONTENT_TYPES``
-        (comma-separated; the latter replaces the default list).
+        ``DECOMPRESS_REQUESTS``, ``EARLY_HEADERS`` (booleans), ``ENCODINGS`` and
+        ``EXCLUDED_CONTENT_TYPES`` (comma-separated; the latter replaces the default list).
         """
         env = os.environ
         p = f"{prefix}COMPRESSION_"
@@ -188,9 +193,10 @@ class CompressionMiddleware:
             value = _env_int(env, p + key.upper())
             if value is not None:
                 kwargs[key] = value
-        decompress = _env_bool(env, p + "DECOMPRESS_REQUESTS")
-        if decompress is not None:
-            kwargs["decompress_requests"] = decompress
+        for key in ("decompress_requests", "early_headers"):
+            flag = _env_bool(env, p + key.upper())
+            if flag is not None:
+                kwargs[key] = flag
         encodings = _env_list(env, p + "ENCODINGS")
         if encodings:
             kwargs["encodings"] = encodings
@@ -266,6 +272,7 @@ class CompressionMiddleware:
             excluded=self._filter.excluded,
             minimum=self.minimum_size,
             threshold=self.thread_minimum_size,
+            early_headers=self.early_headers,
         )
         try:
             await self.app(scope, receive, wrapped)

@@ -75,6 +75,9 @@ def inflating_receive(
 
     async def receive_inflated() -> Message:
         nonlocal produced, consumed, upstream_done, finished
+        if ex.aborted:
+            # An app that swallowed Aborted and reads on gets what a gone client gives.
+            return {"type": "http.disconnect"}
         if finished:
             return await receive()
         stalled = 0

@@ -28,7 +28,7 @@ _NO_COMPRESSION = NO_COMPRESSION_HEADER.encode()
 SKIP_STATE_KEY = "gennet_skip_compression"
 
 _NO_BODY_STATUS = frozenset({204, 304})
-_PASS, _HOLD = 1, 2
+_PASS, _HOLD, _STREAM, _UNSIZED = 1, 2, 3, 4
 
 _limiter_var: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
     "gennet_compression_limiter"
@@ -71,7 +71,8 @@ def inspect_start(
     """Decide what to do with a response from its start message.
 
     Returns (_PASS, start) to pass it through (with Vary when the response could have
-    been compressed) or (_HOLD, start) to hold the start until the first body chunk.
+    been compressed), (_HOLD, start) to hold the start until the first body chunk, or
+    (_UNSIZED, start) for the same without a Content-Length.
     """
     raw_headers = message.get("headers", ())
     content_type = b""
@@ -124,7 +125,8 @@ def inspect_start(
                 return _PASS, start
         except ValueError:
             pass
-    return _HOLD, start
+        return _HOLD, start
+    return _UNSIZED, start
 
 
 def set_encoded(headers: list[tuple[bytes, bytes]], coding: str, length: int | None) -> None:
@@ -150,12 +152,17 @@ def compressing_send(
     excluded: Callable[[bytes], bool],
     minimum: int,
     threshold: int,
+    early_headers: bool,
 ) -> Send:
-    """Wrap ``send`` to encode the response with ``codec`` (``None``: Vary only)."""
+    """Wrap ``send`` to encode the response with ``codec`` (``None``: Vary only).
+
+    With ``early_headers``, a response without Content-Length is committed to
+    compression at once and its start is sent before the first body chunk exists.
+    """
     held: Message | None = None
     encoder: Any = None
     # 0: before start, _PASS: pass through, _HOLD: start held until the first body,
-    # 3: streaming through ``encoder``
+    # _STREAM: streaming through ``encoder``
     mode = 0
 
     async def send_compressed(message: Message) -> None:
@@ -166,7 +173,7 @@ def compressing_send(
             await send(message)
             return
         kind = message["type"]
-        if mode == 3:
+        if mode == _STREAM:
             if kind == "http.response.body":
                 body = message.get("body", b"")
                 more = message.get("more_body", False)
@@ -184,8 +191,14 @@ def compressing_send(
                 await send(message)  # early hints, debug info: before the response
                 return
             mode, start = inspect_start(message, scope, codec, excluded, minimum)
-            if mode == _HOLD:
-                held = start
+            if mode == _UNSIZED and early_headers:
+                assert codec is not None
+                mode, encoder = _STREAM, codec.stream()
+                set_encoded(start["headers"], codec.name, None)
+                ex.sent = True
+                await send(start)
+            elif mode != _PASS:
+                mode, held = _HOLD, start
             else:
                 ex.sent = True
                 await send(start)
@@ -223,7 +236,7 @@ def compressing_send(
             await send(start)
             await send(message)
             return
-        mode = 3
+        mode = _STREAM
         encoder = codec.stream()
         if len(body) >= threshold:
             out = await _offload(encoder.chunk, body)
