@@ -586,6 +586,37 @@ async def test_context_does_not_leak_between_requests(
     assert current_span_id() is None
 
 
+async def test_concurrent_requests_keep_their_own_trace(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    import anyio
+
+    async def slow(request: Request) -> JSONResponse:
+        before = current_trace_id()
+        await anyio.sleep(0.01)  # let the other requests interleave
+        headers = inject_headers({}, tracer_provider=provider)
+        return JSONResponse({"before": before, "after": current_trace_id(), "sent": headers})
+
+    app = TracingMiddleware(Starlette(routes=[Route("/slow", slow)]), tracer_provider=provider)
+    trace_ids = [f"{i + 1:032x}" for i in range(20)]
+    results: dict[str, Any] = {}
+
+    async with client(app) as c:
+
+        async def one(trace_id: str) -> None:
+            r = await c.get("/slow", headers={"traceparent": f"00-{trace_id}-{PID}-01"})
+            results[trace_id] = r.json()
+
+        async with anyio.create_task_group() as tg:
+            for trace_id in trace_ids:
+                tg.start_soon(one, trace_id)
+
+    for trace_id, body in results.items():
+        assert body["before"] == body["after"] == trace_id
+        assert body["sent"]["traceparent"].split("-")[1] == trace_id
+    assert len(spans(exporter, SpanKind.SERVER)) == 20
+
+
 # --------------------------------------------------------------------------- outbound
 
 
