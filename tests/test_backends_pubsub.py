@@ -149,3 +149,23 @@ async def test_delete_prefix_stays_inside_the_backend_prefix(
     finally:
         await one.aclose()
         await two.aclose()
+
+
+@pytest.mark.anyio
+async def test_closing_from_another_task_ends_a_waiting_iteration(backend: Backend) -> None:
+    sub = await backend.subscribe("ch")
+    received: list[bytes] = []
+
+    async def consume() -> None:
+        async for msg in sub:
+            received.append(msg.data)
+
+    task = asyncio.create_task(consume())
+    await backend.publish("ch", "one")
+    for _ in range(200):
+        if received:
+            break
+        await asyncio.sleep(0.01)
+    await sub.aclose()
+    await asyncio.wait_for(task, 5)
+    assert received == [b"one"]

@@ -198,6 +198,8 @@ class _RedisSyncSubscription(SyncSubscription):
             try:
                 reply = self._pubsub.get_message(timeout=wait)
             except self._redis.RedisError as exc:
+                if self._closed:  # closed by another task or thread while we waited
+                    return None
                 raise translate(exc, self._redis) from exc
             if reply is not None and reply["type"] == "message":
                 return Message(channel_name(reply["channel"], self._strip), reply["data"])
