@@ -189,6 +189,11 @@ class _RedisSyncSubscription(SyncSubscription):
         self._strip = strip
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
     def get(self, timeout: float | None = None) -> Message | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
@@ -198,7 +203,7 @@ class _RedisSyncSubscription(SyncSubscription):
             try:
                 reply = self._pubsub.get_message(timeout=wait)
             except self._redis.RedisError as exc:
-                if self._closed:  # closed by another task or thread while we waited
+                if self.closed:  # by another task or thread while this one waited
                     return None
                 raise translate(exc, self._redis) from exc
             if reply is not None and reply["type"] == "message":

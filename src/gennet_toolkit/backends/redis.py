@@ -258,6 +258,11 @@ class _RedisSubscription(Subscription):
         self._strip = strip
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
     async def get(self, timeout: float | None = None) -> Message | None:  # noqa: ASYNC109
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
@@ -267,7 +272,7 @@ class _RedisSubscription(Subscription):
             try:
                 reply = await self._pubsub.get_message(timeout=wait)
             except self._redis.RedisError as exc:
-                if self._closed:  # closed by another task or thread while we waited
+                if self.closed:  # by another task or thread while this one waited
                     return None
                 raise translate(exc, self._redis) from exc
             if reply is not None and reply["type"] == "message":
