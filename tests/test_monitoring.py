@@ -7,6 +7,8 @@ import contextlib
 import logging
 import math
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -156,6 +158,8 @@ def test_alert_rule_takes_the_design_signature_positionally() -> None:
         ({"labels": {"severity": "low"}}, "set by the rule itself"),
         ({"labels": {"team": 3}}, "must be a string"),
         ({"annotations": {"summary": "on {{ $labels.job }}"}}, "uses $labels"),
+        ({"kind": "summary"}, "unknown metric kind 'summary'"),
+        ({"kind": "gauge"}, "aggregation 'rate' reads a counter, not a gauge"),
     ],
 )
 def test_bad_rule_settings_fail_at_construction(kwargs: dict[str, Any], message: str) -> None:
@@ -202,6 +206,28 @@ def test_metric_names_and_kinds_are_checked() -> None:
         monitor.histogram("other_seconds", buckets=(math.nan,))
     with pytest.raises(ValueError, match="must be >= 0"):
         monitor.counter("c_total").inc(-1)
+
+
+def test_register_checks_the_metric_kind() -> None:
+    monitor = Monitor()
+    assert monitor.register("a_total", "counter") is monitor.counter("a_total")
+    assert monitor.register("g", "gauge") is monitor.gauge("g")
+    assert monitor.register("h", "histogram", buckets=(1.0,)) is monitor.histogram("h")
+    with pytest.raises(ConfigurationError, match="unknown metric kind 'summary'"):
+        monitor.register("s", "summary")
+    assert rate_rule().kind == "counter"
+    assert rate_rule(kind="counter") == rate_rule()
+
+
+def test_importing_the_module_has_no_side_effects() -> None:
+    code = (
+        "import logging, sys, threading, gennet_toolkit.monitoring;"
+        "assert threading.active_count() == 1;"
+        "assert not logging.getLogger().handlers;"
+        "assert not logging.getLogger('gennet_toolkit.monitoring').handlers;"
+        "assert 'httpx' not in sys.modules and 'yaml' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_duplicate_rule_names_are_refused() -> None:

@@ -166,6 +166,25 @@ class Monitor:
             )
         return hist
 
+    def register(
+        self,
+        name: str,
+        kind: str,
+        description: str = "",
+        *,
+        buckets: Sequence[float] | None = None,
+    ) -> w.Metric:
+        """The metric ``name`` of ``kind`` (``"counter"``, ``"gauge"``, ``"histogram"``)."""
+        if kind == "counter":
+            return self.counter(name, description)
+        if kind == "gauge":
+            return self.gauge(name, description)
+        if kind == "histogram":
+            return self.histogram(name, description, buckets=buckets)
+        raise ConfigurationError(
+            f"unknown metric kind {kind!r}; supported: {', '.join(w.METRIC_KINDS)}"
+        )
+
     def metric(self, name: str) -> w.Metric | None:
         """The metric called ``name``, or None."""
         return self._metrics.get(name)
@@ -178,9 +197,8 @@ class Monitor:
             raise ConfigurationError(f"expected an AlertRule, got {type(rule).__name__}")
         if rule.name in self._rules:
             raise ConfigurationError(f"an alert rule named {rule.name!r} already exists")
-        factory = {"counter": self.counter, "gauge": self.gauge, "histogram": self.histogram}
         for name in rule.metrics:
-            factory[AGGREGATIONS[rule.aggregation][0]](name)
+            self.register(name, AGGREGATIONS[rule.aggregation][0])
         with self._lock:
             self._rules[rule.name] = rule
             self._alerts[rule.name] = Alert(rule)

@@ -146,7 +146,8 @@ class AlertRule:
     ``aggregation`` picks the metric kind and the PromQL form (see :data:`AGGREGATIONS`):
     ``rate``/``increase``/``ratio`` for counters, ``last``/``avg_over_time``/
     ``max_over_time``/``min_over_time`` for gauges, ``quantile``/``mean``/``count_rate``
-    for histograms. With ``short_window`` the condition must hold over both windows
+    for histograms; ``kind`` (optional) states the metric kind and must agree. With
+    ``short_window`` the condition must hold over both windows
     (multiwindow alerts). ``labels`` and ``annotations`` go on the alert; annotations may
     use ``{{ $value }}`` (``$labels`` would be empty: the expressions aggregate to one
     series, so it is refused). Bad values raise
@@ -165,6 +166,7 @@ class AlertRule:
     short_window: float | None = None
     quantile: float | None = None
     denominator: str | None = None
+    kind: MetricKind | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
 
@@ -188,6 +190,19 @@ class AlertRule:
             raise ConfigurationError(
                 f"alert rule {name!r}: unknown aggregation {self.aggregation!r}; "
                 f"supported: {', '.join(AGGREGATIONS)}"
+            )
+        expected = AGGREGATIONS[self.aggregation][0]
+        if self.kind is None:
+            object.__setattr__(self, "kind", expected)
+        elif self.kind not in w.METRIC_KINDS:
+            raise ConfigurationError(
+                f"alert rule {name!r}: unknown metric kind {self.kind!r}; "
+                f"supported: {', '.join(w.METRIC_KINDS)}"
+            )
+        elif self.kind != expected:
+            raise ConfigurationError(
+                f"alert rule {name!r}: aggregation {self.aggregation!r} reads a {expected}, "
+                f"not a {self.kind}"
             )
         _duration_ms(self.for_seconds, "for_seconds", name)
         _duration_ms(self.keep_firing_for, "keep_firing_for", name)
@@ -239,11 +254,6 @@ class AlertRule:
 
     def __hash__(self) -> int:
         return hash((self.name, self.metric, self.op, self.threshold, self.aggregation))
-
-    @property
-    def kind(self) -> MetricKind:
-        """The metric kind the aggregation reads (counter, gauge or histogram)."""
-        return AGGREGATIONS[self.aggregation][0]
 
     @property
     def metrics(self) -> tuple[str, ...]:
