@@ -63,6 +63,20 @@ async def test_quota_comes_back_after_the_period(api: Api, algorithm: str) -> No
 
 
 @pytest.mark.anyio
+async def test_waiting_the_reported_retry_after_lets_the_call_pass(
+    api: Api, algorithm: str
+) -> None:
+    period = api.span(10, 0.4)
+    for _ in range(3):
+        await hit(api, algorithm, "user", 3, period)
+    denied = await hit(api, algorithm, "user", 3, period)
+    assert not denied.allowed
+    assert 0 < denied.retry_after <= 2 * period
+    api.sleep(denied.retry_after + api.span(1e-6, 0.02))
+    assert (await hit(api, algorithm, "user", 3, period)).allowed
+
+
+@pytest.mark.anyio
 async def test_cost_above_one_takes_that_much_quota(api: Api, algorithm: str) -> None:
     assert (await hit(api, algorithm, "bytes", 10, 1000, cost=4)).remaining == 6
     assert (await hit(api, algorithm, "bytes", 10, 1000, cost=4)).remaining == 2
