@@ -206,6 +206,10 @@ def test_metric_names_and_kinds_are_checked() -> None:
         monitor.histogram("other_seconds", buckets=(math.nan,))
     with pytest.raises(ValueError, match="must be >= 0"):
         monitor.counter("c_total").inc(-1)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        monitor.counter("c_total").inc(math.nan)
+    with pytest.raises(ValueError, match="cannot observe NaN"):
+        monitor.histogram("latency_seconds").observe(math.nan)
 
 
 def test_register_checks_the_metric_kind() -> None:
@@ -772,6 +776,49 @@ async def test_middleware_runs_the_monitor_with_the_lifespan(make_app: Any) -> N
         assert monitor.evaluations >= 2
     assert not monitor.started
     assert {"type": "lifespan.shutdown.complete"} in sent
+
+
+@pytest.mark.anyio
+async def test_lifespan_helper_wraps_the_apps_own_lifespan() -> None:
+    monitor = Monitor()
+    seen: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def own(app: Any) -> AsyncIterator[dict[str, str]]:
+        seen.append(f"start, monitor started={monitor.started}")
+        yield {"db": "ready"}
+        seen.append(f"stop, monitor started={monitor.started}")
+
+    async def state(request: Request) -> JSONResponse:
+        return JSONResponse({"db": request.state.db})
+
+    app = Starlette(routes=[Route("/", state)], lifespan=monitor.lifespan(own))
+    async with lifespan(app) as sent:
+        assert {"type": "lifespan.startup.complete"} in sent
+        assert monitor.started
+    assert not monitor.started
+    assert seen == ["start, monitor started=True", "stop, monitor started=True"]
+    # Start again after a stop: the same monitor runs a second lifespan.
+    async with lifespan(Starlette(lifespan=monitor.lifespan())):
+        assert monitor.started
+    assert not monitor.started
+
+
+@pytest.mark.anyio
+async def test_a_client_passed_to_the_webhook_is_not_closed_by_stop() -> None:
+    app, received, _ = receiver()
+    clock = FakeClock()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://hooks"
+    ) as client:
+        hook = WebhookNotifier("http://hooks/hook", client=client)
+        monitor = Monitor(
+            clock=clock, evaluation_interval=60, rules=[rate_rule(for_seconds=0)], notifiers=[hook]
+        )
+        async with monitor.running():
+            await fire_once(monitor, clock)
+        assert not client.is_closed
+    assert len(received) == 1
 
 
 @pytest.mark.anyio

@@ -366,6 +366,26 @@ class Monitor:
         finally:
             await self.stop()
 
+    def lifespan(
+        self, inner: Callable[[Any], contextlib.AbstractAsyncContextManager[Any]] | None = None
+    ) -> Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]:
+        """A lifespan for ``Starlette(lifespan=...)`` / ``FastAPI(lifespan=...)`` that runs
+        the monitor around your own ``inner`` lifespan (whose state it passes on)::
+
+            app = Starlette(routes=..., lifespan=monitor.lifespan(my_lifespan))
+        """
+
+        @contextlib.asynccontextmanager
+        async def _lifespan(app: Any) -> AsyncIterator[Any]:
+            async with self.running():
+                if inner is None:
+                    yield None
+                else:
+                    async with inner(app) as state:
+                        yield state
+
+        return _lifespan
+
     def stats(self) -> dict[str, Any]:
         """Counts for dashboards and tests: evaluations and, per notifier, delivery."""
         return {

@@ -167,6 +167,7 @@ class WebhookNotifier:
         self.timeout = float(timeout)
         self._headers = dict(headers or {})
         self._client = client
+        self._owns_client = client is None
         port = f":{parts.port}" if parts.port else ""
         self._safe_url = f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
@@ -201,8 +202,9 @@ class WebhookNotifier:
 
     async def aclose(self) -> None:
         """Close the client this notifier created (not one you passed in)."""
-        client = self._client
-        self._client = None
+        if not self._owns_client:
+            return
+        client, self._client = self._client, None
         if client is not None and hasattr(client, "aclose"):
             await client.aclose()
 

@@ -189,9 +189,9 @@ class Histogram:
 
     def observe(self, value: float) -> None:
         """Record one observation (seconds, bytes, ...)."""
+        if math.isnan(value):  # NaN would poison the sum (and so the mean) for good
+            raise ValueError(f"histogram {self.name}: cannot observe NaN")
         i = bisect.bisect_left(self.bounds, value)
-        if i == len(self.bounds):  # NaN sorts nowhere: count it in +Inf, as Prometheus does
-            i -= 1
         with self._lock:
             self._counts[i] += 1
             self._sum += value
