@@ -148,6 +148,7 @@ def main() -> None:
     gzip_suite = Suite(
         "compression-gzip",
         description=f"one GET answering {len(body)} bytes of JSON, gzip level 6",
+        rounds=31,  # the machine is shared: more rounds steady the median
     )
     gzip_suite.add("gennet gzip", request_driver(ours_gzip, gz_scope))
     gzip_suite.add("starlette GZipMiddleware", request_driver(starlette_gzip, gz_scope))
@@ -166,6 +167,7 @@ def main() -> None:
     br_suite = Suite(
         "compression-br",
         description=f"one GET answering {len(body)} bytes of JSON, brotli quality 4 (generic)",
+        rounds=31,
     )
     br_suite.add("gennet br", request_driver(ours_br, br_scope))
     br_suite.add("brotli-asgi", request_driver(brotli_asgi, br_scope))
