@@ -125,6 +125,11 @@ def api(backend: Backend, form: str, kind: str, clock: FakeClock) -> Api:
 
 
 @pytest.mark.anyio
+async def test_ping_answers_when_the_store_is_up(api: Api) -> None:
+    assert await api.ping() is None
+
+
+@pytest.mark.anyio
 async def test_set_then_get_returns_bytes_and_missing_is_none(api: Api) -> None:
     assert await api.get("k") is None
     assert await api.set("k", "välue") is True

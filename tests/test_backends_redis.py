@@ -120,6 +120,7 @@ async def test_unreachable_redis_raises_service_unavailable_chained() -> None:
     port = url.rsplit(":", 1)[1].split("/")[0]
     backend = RedisBackend(url, socket_connect_timeout=0.5)
     calls = [
+        backend.ping(),
         backend.get("k"),
         backend.incr("k", ttl=5),
         backend.gcra("k", 5, 1),
@@ -135,6 +136,7 @@ async def test_unreachable_redis_raises_service_unavailable_chained() -> None:
         assert "127.0.0.1" not in info.value.detail
         assert port not in info.value.detail
     sync_calls = [
+        backend.sync.ping,
         lambda: backend.sync.set("k", "v"),
         lambda: backend.sync.sliding_window("k", 5, 1),
         lambda: backend.sync.subscribe("ch"),

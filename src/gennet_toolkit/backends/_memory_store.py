@@ -101,6 +101,9 @@ class MemoryStore(SyncBackend):
 
     # -- plain keys ------------------------------------------------------------------
 
+    def ping(self) -> None:
+        """Always answers: the store is this process."""
+
     def get(self, key: str) -> bytes | None:
         """See :meth:`Backend.get`."""
         with self._lock:

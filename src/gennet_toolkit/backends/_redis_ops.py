@@ -120,6 +120,9 @@ class Ops:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
+    def ping(self) -> Op[None]:
+        return Op(("PING",), _none)
+
     def get(self, key: str) -> Op[bytes | None]:
         return Op(("GET", self.prefix + key), _opt_bytes)
 

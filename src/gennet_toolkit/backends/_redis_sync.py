@@ -76,6 +76,10 @@ class RedisSync(SyncBackend):
             client.execute_command("SCRIPT", "LOAD", source)
             return client.execute_command("EVALSHA", sha, op.numkeys, *op.args)
 
+    def ping(self) -> None:
+        """See :meth:`Backend.ping`."""
+        self.run(self._ops.ping())
+
     def get(self, key: str) -> bytes | None:
         """See :meth:`Backend.get`."""
         return self.run(self._ops.get(key))

@@ -176,6 +176,10 @@ class Backend(ABC):
         """The same backend with blocking methods of identical semantics."""
 
     @abstractmethod
+    async def ping(self) -> None:
+        """Check the store answers; raise ``ServiceUnavailable`` if it does not."""
+
+    @abstractmethod
     async def get(self, key: str) -> bytes | None:
         """The value at ``key``, or ``None`` when it is missing or expired."""
 
@@ -280,6 +284,10 @@ class SyncBackend(ABC):
     """The blocking form of :class:`Backend`: same methods, same semantics, no ``await``."""
 
     prefix: str
+
+    @abstractmethod
+    def ping(self) -> None:
+        """See :meth:`Backend.ping`."""
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:

@@ -42,6 +42,9 @@ class MemoryBackend(Backend):
         """The blocking form, sharing this backend's state."""
         return self._store
 
+    async def ping(self) -> None:
+        """Always answers: the store is this process."""
+
     async def get(self, key: str) -> bytes | None:
         """See :meth:`Backend.get`."""
         return self._store.get(key)

@@ -134,6 +134,10 @@ class RedisBackend(Backend):
             await client.execute_command("SCRIPT", "LOAD", source)
             return await client.execute_command("EVALSHA", sha, op.numkeys, *op.args)
 
+    async def ping(self) -> None:
+        """See :meth:`Backend.ping`."""
+        await self.run(self._ops.ping())
+
     async def get(self, key: str) -> bytes | None:
         """See :meth:`Backend.get`."""
         return await self.run(self._ops.get(key))
