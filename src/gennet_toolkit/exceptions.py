@@ -296,24 +296,45 @@ class ValidationFailed(GenNetError):
         For ``location="body"`` each error gets a JSON pointer; for query, path and
         header locations the first path part is the parameter name.
         """
-        return cls(detail, errors=field_errors_from_pydantic(exc.errors(), location=location))
+        raw = [{**e, "loc": (location, *e["loc"])} for e in exc.errors(include_url=False)]
+        return cls(detail, errors=field_errors_from_pydantic(raw, location=location))
+
+
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+_GENERIC_MESSAGE = "Invalid value."
+
+
+def _scrub(msg: str, value: Any) -> str:
+    # pydantic's own messages never quote the input, but a user's validator raising
+    # ValueError(f"{v} is not a gene") would: drop any message that contains the value.
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        text = str(value)
+        if len(text) >= 3 and text in msg:
+            return _GENERIC_MESSAGE
+    return msg
 
 
 def field_errors_from_pydantic(
-    raw: Iterable[Mapping[str, Any]], *, location: str = "body"
+    raw: Iterable[Mapping[str, Any]], *, location: str | None = None
 ) -> list[FieldError]:
-    """Translate pydantic ``errors()`` dicts into :class:`FieldError`, dropping ``input``.
+    """Translate pydantic ``errors()`` dicts into :class:`FieldError`, never keeping ``input``.
 
-    A ``loc`` that starts with a location word (FastAPI's ``("body", "x")``) overrides
-    ``location``.
+    With ``location=None`` (FastAPI's style) a ``loc`` starting with a location word
+    (``("body", "gene")``, ``("query", "limit")``) names the location, and the rest is
+    the path; otherwise the location is ``"body"``. With an explicit ``location`` a
+    leading part equal to it is taken as that prefix. Messages that quote the
+    submitted value are replaced by a generic one.
     """
     out: list[FieldError] = []
     for err in raw:
         loc = list(err.get("loc", ()))
-        where = location
-        if loc and loc[0] in {"body", "query", "path", "header", "cookie"}:
-            where = str(loc.pop(0))
-        msg = str(err.get("msg", "Invalid value."))
+        if location is None:
+            where = str(loc.pop(0)) if loc and loc[0] in _LOCATIONS else "body"
+        else:
+            where = location
+            if loc and loc[0] == location:
+                loc.pop(0)
+        msg = _scrub(str(err.get("msg", _GENERIC_MESSAGE)), err.get("input"))
         code = str(err.get("type", "invalid"))
         if where == "body":
             out.append(FieldError(msg, location=where, pointer=json_pointer(loc), code=code))

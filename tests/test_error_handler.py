@@ -1,0 +1,320 @@
+"""ErrorHandlerMiddleware, install_error_handlers and problem_response."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit.error_handler import (
+    PROBLEM_JSON,
+    ErrorHandlerMiddleware,
+    install_error_handlers,
+    problem_response,
+)
+from gennet_toolkit.exceptions import NotFound, RateLimitExceeded, ServiceUnavailable
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "password=hunter2 SELECT * FROM users"
+
+
+class Gene(BaseModel):
+    symbol: str
+    weight: float
+
+
+async def _not_found(request: Request) -> JSONResponse:
+    raise NotFound("Network 42 does not exist.")
+
+
+async def _boom(request: Request) -> JSONResponse:
+    raise RuntimeError(SECRET)
+
+
+async def _json(request: Request) -> JSONResponse:
+    return JSONResponse(await request.json())
+
+
+async def _limited(request: Request) -> JSONResponse:
+    raise RateLimitExceeded(retry_after=1.2)
+
+
+async def _http_exc(request: Request) -> JSONResponse:
+    raise HTTPException(status_code=409, detail="Already there.")
+
+
+async def _stream_then_fail(request: Request) -> StreamingResponse:
+    async def body() -> Any:
+        yield b"first chunk\n"
+        raise RuntimeError(SECRET)
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
+ROUTES = [
+    Route("/missing", _not_found),
+    Route("/boom", _boom),
+    Route("/json", _json, methods=["POST"]),
+    Route("/limited", _limited),
+    Route("/conflict", _http_exc),
+    Route("/stream", _stream_then_fail),
+]
+
+
+def starlette_wrapped() -> Any:
+    return ErrorHandlerMiddleware(Starlette(routes=ROUTES))
+
+
+def starlette_installed() -> Any:
+    app = Starlette(routes=ROUTES)
+    install_error_handlers(app)
+    return app
+
+
+def fastapi_wrapped() -> Any:
+    app = FastAPI()
+    for r in ROUTES:
+        app.router.routes.append(r)
+    return ErrorHandlerMiddleware(app)
+
+
+def fastapi_installed() -> Any:
+    app = FastAPI()
+    for r in ROUTES:
+        app.router.routes.append(r)
+    install_error_handlers(app)
+    return app
+
+
+APPS = pytest.mark.parametrize(
+    "make_app",
+    [starlette_wrapped, starlette_installed, fastapi_wrapped, fastapi_installed],
+    ids=["starlette-middleware", "starlette-handlers", "fastapi-middleware", "fastapi-handlers"],
+)
+
+
+def client(app: Any, *, raise_app_exceptions: bool = False) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+@APPS
+async def test_not_found_is_problem_json(make_app: Any) -> None:
+    async with client(make_app()) as c:
+        r = await c.get("/missing")
+    assert r.status_code == 404
+    assert r.headers["content-type"] == PROBLEM_JSON
+    body = r.json()
+    assert body["type"] == "urn:gennet:problem:not_found"
+    assert body["title"] == "Not Found"
+    assert body["status"] == 404
+    assert body["detail"] == "Network 42 does not exist."
+    assert body["code"] == "not_found"
+    assert body["instance"] == "/missing"
+
+
+@APPS
+async def test_malformed_json_body_is_400(make_app: Any) -> None:
+    async with client(make_app()) as c:
+        r = await c.post(
+            "/json", content=b'{"gene": "lacZ",', headers={"content-type": "application/json"}
+        )
+    assert r.status_code == 400
+    assert r.headers["content-type"] == PROBLEM_JSON
+    assert r.json()["code"] == "invalid_json"
+    assert "lacZ" not in r.text
+
+
+@APPS
+async def test_unhandled_exception_is_opaque_500(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="gennet_toolkit.error_handler"):
+        async with client(make_app()) as c:
+            r = await c.get("/boom")
+    assert r.status_code == 500
+    assert r.headers["content-type"] == PROBLEM_JSON
+    assert "hunter2" not in r.text
+    assert "SELECT" not in r.text
+    assert "Traceback" not in r.text
+    assert "RuntimeError" not in r.text
+    assert r.json()["code"] == "internal_error"
+    # The details go to the log, once.
+    records = [rec for rec in caplog.records if rec.exc_info]
+    assert len(records) == 1
+    assert "hunter2" in str(records[0].exc_info[1])
+
+
+@APPS
+async def test_retry_after_header_rides_with_429(make_app: Any) -> None:
+    async with client(make_app()) as c:
+        r = await c.get("/limited")
+    assert r.status_code == 429
+    assert r.headers["retry-after"] == "2"
+
+
+@APPS
+async def test_starlette_http_exception_keeps_status_and_detail(make_app: Any) -> None:
+    async with client(make_app()) as c:
+        r = await c.get("/conflict")
+    assert r.status_code == 409
+    assert r.json()["detail"] == "Already there."
+
+
+@pytest.mark.parametrize("make_app", [starlette_installed, fastapi_installed])
+async def test_router_404_and_405_become_problems(make_app: Any) -> None:
+    async with client(make_app()) as c:
+        r404 = await c.get("/no/such/route")
+        r405 = await c.delete("/missing")
+    assert r404.status_code == 404
+    assert r404.headers["content-type"] == PROBLEM_JSON
+    assert r405.status_code == 405
+    assert r405.headers["content-type"] == PROBLEM_JSON
+    assert "allow" in r405.headers
+
+
+async def test_fastapi_request_validation_gives_pointers_without_values() -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/genes")
+    async def create(gene: Gene) -> dict[str, str]:
+        return {"symbol": gene.symbol}
+
+    async with client(app) as c:
+        r = await c.post("/genes", json={"symbol": "lacZ", "weight": "very-secret-value"})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["code"] == "validation_failed"
+    assert body["errors"][0]["pointer"] == "#/weight"
+    assert body["errors"][0]["location"] == "body"
+    assert "very-secret-value" not in r.text
+
+
+async def test_error_after_headers_sent_reraises_without_second_response() -> None:
+    sent: list[dict[str, Any]] = []
+    app = starlette_wrapped()
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/stream",
+        "raw_path": b"/stream",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "scheme": "http",
+        "http_version": "1.1",
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with pytest.raises(RuntimeError):
+        await app(scope, receive, send)
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert len(starts) == 1
+    assert starts[0]["status"] == 200
+    bodies = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert b"problem" not in bodies
+    assert b"hunter2" not in bodies
+
+
+async def test_bare_asgi_app_failure_before_headers() -> None:
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        raise ServiceUnavailable(retry_after=5)
+
+    async with client(ErrorHandlerMiddleware(bare)) as c:
+        r = await c.get("/x")
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "5"
+    assert r.json()["code"] == "service_unavailable"
+
+
+async def test_non_http_scopes_pass_through() -> None:
+    seen: list[str] = []
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+        raise ValueError("lifespan failure must propagate")
+
+    mw = ErrorHandlerMiddleware(bare)
+    with pytest.raises(ValueError, match="lifespan failure"):
+        await mw({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    assert seen == ["lifespan"]
+
+
+async def test_debug_mode_adds_exception_details() -> None:
+    async with client(ErrorHandlerMiddleware(Starlette(routes=ROUTES), debug=True)) as c:
+        r = await c.get("/boom")
+    assert r.status_code == 500
+    debug = r.json()["debug"]
+    assert debug["exception"] == "builtins.RuntimeError"
+    assert any("RuntimeError" in line for line in debug["traceback"])
+
+
+async def test_correlation_id_from_context_rides_in_problem_body() -> None:
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        raise NotFound()
+
+    async def with_id(scope: Any, receive: Any, send: Any) -> None:
+        token = correlation_id_var.set("4bf92f3577b34da6a3ce929d0e0e4736")
+        try:
+            await ErrorHandlerMiddleware(bare)(scope, receive, send)
+        finally:
+            correlation_id_var.reset(token)
+
+    async with client(with_id) as c:
+        r = await c.get("/x")
+    assert r.json()["correlation_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+async def test_correlation_id_from_scope_when_handler_is_outside() -> None:
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        scope["gennet.correlation_id"] = "abc123"
+        scope["gennet.correlation_header"] = "X-Request-ID"
+        raise RuntimeError("inner failure")
+
+    async with client(ErrorHandlerMiddleware(inner)) as c:
+        r = await c.get("/x")
+    assert r.status_code == 500
+    assert r.json()["correlation_id"] == "abc123"
+    assert r.headers["x-request-id"] == "abc123"
+
+
+async def test_exception_group_with_one_error_is_unwrapped() -> None:
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        raise ExceptionGroup("tg", [NotFound("gone fishing")])
+
+    async with client(ErrorHandlerMiddleware(bare)) as c:
+        r = await c.get("/x")
+    assert r.status_code == 404
+    assert r.json()["detail"] == "gone fishing"
+
+
+def test_problem_response_for_5xx_http_exception_hides_detail() -> None:
+    resp = problem_response(HTTPException(status_code=500, detail=SECRET))
+    assert resp.status_code == 500
+    assert b"hunter2" not in resp.body
+
+
+def test_from_env_reads_debug_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENNET_DEBUG", "true")
+    assert ErrorHandlerMiddleware.from_env(PlainTextResponse("x")).debug is True
+    monkeypatch.setenv("GENNET_DEBUG", "0")
+    assert ErrorHandlerMiddleware.from_env(PlainTextResponse("x")).debug is False
