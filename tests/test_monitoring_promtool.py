@@ -29,6 +29,7 @@ from gennet_toolkit.monitoring import (
     slo_burn_rate_rules,
 )
 from gennet_toolkit.monitoring._export import quote
+from tests.services import unavailable
 
 
 def find_promtool() -> str | None:
@@ -44,11 +45,19 @@ def find_promtool() -> str | None:
 
 
 PROMTOOL = find_promtool()
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool not found (set PROMTOOL, or: apt-get download prometheus && "
-    "dpkg -x prometheus_*.deb /tmp/prom)",
-)
+
+
+@pytest.fixture
+def promtool() -> str:
+    """promtool's path; skipped without it, or failed under GENNET_REQUIRE_SERVICES=1."""
+    if PROMTOOL is None:
+        unavailable(
+            "promtool not found (set PROMTOOL, or: apt-get download prometheus && "
+            "dpkg -x prometheus_*.deb /tmp/prom)"
+        )
+    assert PROMTOOL is not None
+    return PROMTOOL
+
 
 MINUTES = 240
 BUCKETS = (0.1, 0.25, 0.5, 1.0)
@@ -351,15 +360,14 @@ def test_synthetic_series_exercises_every_state(
     assert any(AlertState.PENDING in s for s in seen.values())
 
 
-@needs_promtool
 def test_exported_rules_pass_promtool_check(
-    scenario: tuple[Monitor, list[Snapshot]], tmp_path: Path
+    promtool: str, scenario: tuple[Monitor, list[Snapshot]], tmp_path: Path
 ) -> None:
     monitor, _ = scenario
     path = tmp_path / "rules.yml"
     monitor.export_prometheus_rules(path)
     proc = subprocess.run(
-        [str(PROMTOOL), "check", "rules", str(path)],
+        [promtool, "check", "rules", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -369,16 +377,15 @@ def test_exported_rules_pass_promtool_check(
     assert f"SUCCESS: {len(monitor.rules)} rules found" in proc.stdout
 
 
-@needs_promtool
 def test_monitor_and_promtool_agree_on_every_alert_state(
-    scenario: tuple[Monitor, list[Snapshot]], tmp_path: Path
+    promtool: str, scenario: tuple[Monitor, list[Snapshot]], tmp_path: Path
 ) -> None:
     monitor, snaps = scenario
     monitor.export_prometheus_rules(tmp_path / "rules.yml")
     test_file = tmp_path / "rules_test.yml"
     test_file.write_text(yaml.safe_dump(unit_test_file(monitor, snaps), sort_keys=False))
     proc = subprocess.run(
-        [str(PROMTOOL), "test", "rules", str(test_file)],
+        [promtool, "test", "rules", str(test_file)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -390,9 +397,8 @@ def test_monitor_and_promtool_agree_on_every_alert_state(
     assert "SUCCESS" in output
 
 
-@needs_promtool
 def test_promtool_comparison_can_fail(
-    scenario: tuple[Monitor, list[Snapshot]], tmp_path: Path
+    promtool: str, scenario: tuple[Monitor, list[Snapshot]], tmp_path: Path
 ) -> None:
     # The same file with one firing alert dropped must fail: the comparison is live.
     monitor, snaps = scenario
@@ -405,7 +411,7 @@ def test_promtool_comparison_can_fail(
     test_file = tmp_path / "rules_test.yml"
     test_file.write_text(yaml.safe_dump(content, sort_keys=False))
     proc = subprocess.run(
-        [str(PROMTOOL), "test", "rules", str(test_file)],
+        [promtool, "test", "rules", str(test_file)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -422,8 +428,9 @@ AWKWARD = (
 )
 
 
-@needs_promtool
-def test_awkward_label_and_annotation_text_reaches_prometheus_unchanged(tmp_path: Path) -> None:
+def test_awkward_label_and_annotation_text_reaches_prometheus_unchanged(
+    promtool: str, tmp_path: Path
+) -> None:
     # Prometheus must read back exactly what the rule holds: YAML quoting is ours alone.
     now = [0.0]
     rule = AlertRule(
@@ -469,7 +476,7 @@ def test_awkward_label_and_annotation_text_reaches_prometheus_unchanged(tmp_path
     test_file.write_text(yaml.safe_dump(content, sort_keys=False))
     for args in (["check", "rules", "rules.yml"], ["test", "rules", str(test_file)]):
         proc = subprocess.run(
-            [str(PROMTOOL), *args],
+            [promtool, *args],
             capture_output=True,
             text=True,
             timeout=60,
