@@ -179,8 +179,11 @@ def test_sync_pool_smaller_than_the_thread_burst_serves_everyone(
 
 @pytest.mark.anyio
 @pytest.mark.slow
-async def test_backend_recovers_after_redis_restart(redis_server: RedisServer) -> None:
-    backend = RedisBackend(redis_server.url)
+@pytest.mark.parametrize("retries", [0, 1])
+async def test_backend_recovers_after_redis_restart(
+    redis_server: RedisServer, retries: int
+) -> None:
+    backend = RedisBackend(redis_server.url, retries=retries)
     await backend.set("k", "v")
     assert (await backend.gcra("g", 5, 10)).allowed
     assert backend.sync.fixed_window("f", 5, 10).allowed

@@ -26,17 +26,18 @@ class RedisOptions:
     """Pool and socket settings of :class:`~gennet_toolkit.backends.RedisBackend`.
 
     ``max_connections`` caps each pool; a burst beyond it waits up to ``pool_timeout``
-    seconds for a free connection instead of failing. ``retries`` is how many times a
-    command is retried on a fresh connection after a connection error (this is what
-    makes a restarted Redis invisible); timeouts are never retried, so a slow write is
-    never applied twice.
+    seconds for a free connection instead of failing. Pooled connections are checked
+    when taken from the pool, so a restarted Redis costs no failed call. ``retries``
+    (default 0) re-sends a command on a fresh connection after a connection error: a
+    reset after Redis ran the command would apply it twice, so enable it only if your
+    operations tolerate that. Timeouts are never retried.
     """
 
     max_connections: int = 50
     pool_timeout: float = 5.0
     socket_timeout: float = 5.0
     socket_connect_timeout: float = 2.0
-    retries: int = 1
+    retries: int = 0
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:

@@ -62,7 +62,7 @@ class RedisBackend(Backend):
         pool_timeout: float = 5.0,
         socket_timeout: float = 5.0,
         socket_connect_timeout: float = 2.0,
-        retries: int = 1,
+        retries: int = 0,
     ) -> None:
         self._redis = load_redis()
         self.prefix = prefix
