@@ -565,6 +565,34 @@ async def test_streamed_body_is_one_valid_gzip_stream_and_drops_content_length()
     assert gzip.decompress(b"".join(m["body"] for m in sent[1:])) == b"".join(parts)
 
 
+DECODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.decompress,
+    "br": brotli.decompress,
+    "identity": lambda b: b,
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    chunks=st.lists(st.binary(max_size=2000) | st.text(max_size=2000).map(str.encode), max_size=6),
+    accept=st.sampled_from(["gzip", "br", "identity", "br;q=0.1, gzip;q=0.9", "*"]),
+    padding=st.sampled_from([0, 7]),
+)
+def test_any_response_round_trips_through_the_negotiated_coding(
+    chunks: list[bytes], accept: str, padding: int
+) -> None:
+    chunks = chunks or [b""]
+    app = CompressionMiddleware(
+        bare_app([(b"content-type", b"text/plain")], chunks),
+        minimum_size=100,
+        breach_padding=padding,
+    )
+    sent = anyio.run(lambda: drive(app, [(b"accept-encoding", accept.encode())]))
+    coding = (header(sent[0], b"content-encoding") or b"identity").decode()
+    assert sent[-1]["more_body"] is False
+    assert DECODERS[coding](b"".join(m["body"] for m in sent[1:])) == b"".join(chunks)
+
+
 async def test_event_stream_is_never_buffered_or_encoded() -> None:
     async def events() -> AsyncIterator[bytes]:
         for i in range(3):
@@ -744,6 +772,50 @@ async def test_body_streamed_in_tiny_messages_is_inflated_in_bounded_pieces() ->
     assert sent[0]["status"] == 204
     assert b"".join(pieces) == payload
     assert max(len(p) for p in pieces) <= 64 * 1024
+
+
+ENCODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip_bytes,
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    payload=st.binary(max_size=3000) | st.text(max_size=3000).map(str.encode),
+    coding=st.sampled_from(sorted(ENCODERS)),
+    step=st.integers(min_value=1, max_value=700),
+)
+def test_any_body_split_anywhere_inflates_to_the_original(
+    payload: bytes, coding: str, step: int
+) -> None:
+    compressed = ENCODERS[coding](payload)
+    messages = [
+        {
+            "type": "http.request",
+            "body": compressed[i : i + step],
+            "more_body": i + step < len(compressed),
+        }
+        for i in range(0, len(compressed), step)
+    ]
+    received: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            received.append(message["body"])
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = CompressionMiddleware(app, max_decompressed_size=len(payload) or 1)
+    sent = anyio.run(
+        lambda: drive(mw, [(b"content-encoding", coding.encode())], body_messages=messages)
+    )
+    assert sent[0]["status"] == 204
+    assert b"".join(received) == payload
 
 
 @pytest.mark.parametrize("value", ["compress", "gzip, br", "snappy", "gzip;q=1"])

@@ -226,7 +226,8 @@ class _ZlibDecoder:
         return out
 
     def pending(self) -> bool:
-        return bool(self._tail) or self._more
+        # Before the deflate flavour is known, a 1-byte tail needs more input, not a retry.
+        return (bool(self._tail) and self._d is not None) or self._more
 
     def finished(self) -> bool:
         return self._d is not None and self._d.eof and not self._tail
