@@ -178,6 +178,7 @@ def test_bad_rule_settings_fail_at_construction(kwargs: dict[str, Any], message:
         ({"queue_size": 2.5}, "queue_size"),
         ({"notify_timeout": 0}, "notify_timeout"),
         ({"retention": -1}, "retention"),
+        ({"buckets": (0.1, 0.1)}, "buckets must be distinct"),
         ({"notifiers": [object()]}, "has no send(event) method"),
     ],
 )

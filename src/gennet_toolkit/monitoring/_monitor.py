@@ -77,6 +77,10 @@ class Monitor:
             raise ConfigurationError("Monitor notify_timeout must be > 0 seconds")
         if not retention >= 0:
             raise ConfigurationError("Monitor retention must be >= 0 seconds")
+        try:
+            w.Histogram("buckets_check", buckets=buckets)
+        except ValueError as exc:
+            raise ConfigurationError(f"Monitor buckets: {exc}") from None
         self.name = name
         self.evaluation_interval = float(evaluation_interval)
         self._clock = clock

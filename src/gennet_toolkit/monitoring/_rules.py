@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.monitoring import _windows as w
@@ -517,8 +517,3 @@ def slo_burn_rate_rules(
             )
         )
     return rules
-
-
-def describe(rule: AlertRule) -> dict[str, Any]:
-    """A JSON-safe description of a rule (for logs and webhook payloads)."""
-    return {"name": rule.name, "expr": rule.promql(), "severity": rule.severity}
