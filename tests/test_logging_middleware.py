@@ -180,6 +180,15 @@ def test_accepted_ids_never_contain_characters_that_break_logs_or_headers(value:
         assert 1 <= len(value) <= 128
 
 
+@given(st.binary(max_size=140) | st.text(alphabet="0-abcAZ9._:", max_size=140).map(str.encode))
+async def test_middleware_accepts_exactly_what_the_validator_accepts(raw: bytes) -> None:
+    # The middleware checks the default rule on raw bytes; it must agree with the str form.
+    scope = http_scope(headers=[(b"x-request-id", raw)])
+    sent = await drive(CorrelationIdMiddleware(echo_id_app), scope)
+    kept = response_headers(sent, b"x-request-id") == [raw]
+    assert kept == is_valid_correlation_id(raw.decode("latin-1"))
+
+
 def test_generated_ids_are_uuid4_hex_and_unique() -> None:
     ids = {new_correlation_id() for _ in range(1000)}
     assert len(ids) == 1000

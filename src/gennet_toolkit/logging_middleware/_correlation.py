@@ -37,6 +37,7 @@ MAX_LENGTH = 128
 # so an accepted id can go into a log line, a header or a format string unharmed.
 # The lookahead rejects all-zero ids (nginx and OTel treat them as "no id").
 _SAFE_ID = re.compile(rf"(?![0-]*$)[A-Za-z0-9][A-Za-z0-9._:\-]{{0,{MAX_LENGTH - 1}}}")
+_SAFE_ID_BYTES = re.compile(_SAFE_ID.pattern.encode("ascii"))
 _HEX_OR_UUID = re.compile(
     r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
@@ -183,6 +184,8 @@ class CorrelationIdMiddleware:
         self.reject_invalid = reject_invalid
         self.error_response = error_response
         self._header = header_name.lower().encode("ascii")
+        # The default validator also runs on the raw bytes, skipping a decode and a call.
+        self._default_validator = validator is is_valid_correlation_id
 
     @classmethod
     def from_env(cls, app: ASGIApp, prefix: str = "GENNET_") -> CorrelationIdMiddleware:
@@ -211,13 +214,24 @@ class CorrelationIdMiddleware:
                 break
 
         cid: str | None = None
-        rejected = False
+        id_value = b""
         if raw is not None:
-            text = raw.decode("latin-1")
-            if self.validator(text):
-                cid = text
+            id_value = raw
+            if self._default_validator:
+                # Same rule as is_valid_correlation_id, on the raw bytes: plain hex ids
+                # (the common case) skip the regex.
+                if (
+                    raw.isalnum() and len(raw) <= MAX_LENGTH and raw.strip(b"0")
+                ) or _SAFE_ID_BYTES.fullmatch(raw) is not None:
+                    cid = raw.decode("latin-1")
+            else:
+                text = raw.decode("latin-1")
+                if self.validator(text):
+                    cid = text
+        rejected = False
         if cid is None:
             cid = self.generator()
+            id_value = cid.encode("latin-1")
             if raw is not None:
                 rejected = True
                 # Say how it was wrong, never what it was: the raw value may carry CR/LF
@@ -229,11 +243,14 @@ class CorrelationIdMiddleware:
                     cid,
                 )
             if self.update_request_header:
-                headers = [h for h in scope["headers"] if h[0] != header]
-                headers.append((header, cid.encode("latin-1")))
-                scope["headers"] = headers
-        id_header = (header, cid.encode("latin-1"))
-        header_len = len(header)
+                # A new list: the server may hold on to the one it built.
+                if rejected:
+                    headers = [h for h in scope["headers"] if h[0] != header]
+                    headers.append((header, id_value))
+                    scope["headers"] = headers
+                else:
+                    scope["headers"] = [*scope["headers"], (header, id_value)]
+        id_header = (header, id_value)
         scope[SCOPE_CORRELATION_ID] = cid
         scope[SCOPE_CORRELATION_HEADER] = self.header_name
 
@@ -244,11 +261,12 @@ class CorrelationIdMiddleware:
                 return
 
             started = False
+            header_len = len(header)
+            start_type = "http.response.start" if scope_type == "http" else "websocket.accept"
 
             async def send_with_id(message: Message) -> None:
                 nonlocal started
-                kind = message["type"]
-                if kind in {"http.response.start", "websocket.accept"}:
+                if message["type"] == start_type:
                     started = True
                     headers = message.get("headers") or ()
                     for name, _ in headers:
