@@ -1100,3 +1100,83 @@ print("ok")
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- real server
+
+
+@pytest.fixture
+def served() -> Any:
+    """Run an ASGI app under uvicorn on a loopback socket; yields a start(app) -> base_url."""
+    import socket
+    import time
+
+    import uvicorn
+
+    servers: list[tuple[Any, threading.Thread]] = []
+
+    def start(app: Any) -> str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="error"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        for _ in range(500):
+            if server.started:
+                break
+            time.sleep(0.01)
+        assert server.started
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_under_uvicorn_the_client_decodes_the_first_chunk_while_the_stream_is_open(
+    served: Any,
+) -> None:
+    client_saw_first = threading.Event()
+    gave_up_waiting: list[bool] = []
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b'{"n": 0, "pad": "%s"}\n' % (b"x" * 300)
+        for _ in range(500):  # at most 5 s, so a buffering bug fails instead of hanging
+            if client_saw_first.is_set():
+                break
+            await anyio.sleep(0.01)
+        else:
+            gave_up_waiting.append(True)
+        yield b'{"n": 1}\n'
+
+    async def endpoint(request: Request) -> Response:
+        return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+    base = served(CompressionMiddleware(Starlette(routes=[Route("/", endpoint)])))
+    decoder = zlib.decompressobj(31)
+    text = b""
+    with (
+        httpx.Client(base_url=base, timeout=10) as client,
+        client.stream("GET", "/", headers={"Accept-Encoding": "gzip"}) as response,
+    ):
+        assert response.headers["content-encoding"] == "gzip"
+        for raw in response.iter_raw():
+            text += decoder.decompress(raw)
+            if b'"n": 0' in text:
+                client_saw_first.set()
+    assert gave_up_waiting == []
+    assert text.endswith(b'{"n": 1}\n')
+
+
+def test_under_uvicorn_a_gzip_bomb_gets_413_and_the_connection_closes(served: Any) -> None:
+    base = served(starlette_app(max_decompressed_size=1024 * 1024))
+    with httpx.Client(base_url=base, timeout=10) as client:
+        response = client.post(
+            "/echo", content=zero_bomb("gzip"), headers={"Content-Encoding": "gzip"}
+        )
+    assert response.status_code == 413
+    assert response.headers["connection"] == "close"
+    assert response.json()["code"] == "decompressed_body_too_large"
