@@ -232,16 +232,7 @@ class CorrelationIdMiddleware:
         if cid is None:
             cid = self.generator()
             id_value = cid.encode("latin-1")
-            if raw is not None:
-                rejected = True
-                # Say how it was wrong, never what it was: the raw value may carry CR/LF
-                # or terminal escapes meant for whoever reads the logs.
-                logger.info(
-                    "Rejected a malformed %s request header (%d bytes); using id %s",
-                    self.header_name,
-                    len(raw),
-                    cid,
-                )
+            rejected = raw is not None
             if self.update_request_header:
                 # A new list: the server may hold on to the one it built.
                 if rejected:
@@ -256,9 +247,18 @@ class CorrelationIdMiddleware:
 
         token = correlation_id_var.set(cid)
         try:
-            if rejected and self.reject_invalid:
-                await self._reject(scope, send, cid, id_header)
-                return
+            if rejected:
+                # Say how it was wrong, never what it was: the raw value may carry CR/LF
+                # or terminal escapes meant for whoever reads the logs.
+                logger.info(
+                    "Rejected a malformed %s request header (%d bytes); using id %s",
+                    self.header_name,
+                    len(raw or b""),
+                    cid,
+                )
+                if self.reject_invalid:
+                    await self._reject(scope, send, cid, id_header)
+                    return
 
             started = False
             header_len = len(header)

@@ -102,6 +102,7 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__
     "correlation_id",
     "trace_id",
     "span_id",
+    "color_message",  # uvicorn's copy of the message with terminal colour codes
 }
 _ID_FIELDS = ("correlation_id", "trace_id", "span_id")
 
@@ -172,7 +173,8 @@ class TextFormatter(logging.Formatter):
 
     So a value interpolated into a message cannot forge a second log line; tracebacks,
     added after the message, keep their line breaks. The default format shows the
-    correlation id (put :class:`CorrelationIdFilter` on the handler).
+    correlation id: put :class:`CorrelationIdFilter` on the handler to fill it
+    (without it the ids show as ``-``).
     """
 
     default_format = "%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s"
@@ -182,6 +184,10 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         """The formatted line with control characters escaped."""
+        # Without CorrelationIdFilter the default format would raise KeyError.
+        fields = record.__dict__
+        for key in _ID_FIELDS:
+            fields.setdefault(key, "-")
         return super().formatMessage(record).translate(_CONTROL)
 
 
