@@ -8,7 +8,8 @@
 
 brotli comes from the ``brotli`` extra (``pip install "gennet-toolkit[brotli]"``) and
 is imported only when a middleware is built; gzip needs nothing. zstd is used when the
-Python build has ``compression.zstd`` (3.14+).
+Python build has ``compression.zstd`` (3.14+) or the ``backports-zstd`` package is
+installed (the same API for older Pythons).
 """
 
 from __future__ import annotations

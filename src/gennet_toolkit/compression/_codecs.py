@@ -154,11 +154,12 @@ class _ZstdStream:
         self._frame = zstd.ZstdCompressor.FLUSH_FRAME
 
     def chunk(self, data: bytes) -> bytes:
-        out: bytes = self._c.compress(data, mode=self._block)
+        # mode is positional-only in CPython's _zstd.
+        out: bytes = self._c.compress(data, self._block)
         return out
 
     def finish(self, data: bytes) -> bytes:
-        out: bytes = self._c.compress(data, mode=self._frame)
+        out: bytes = self._c.compress(data, self._frame)
         return out
 
 
@@ -279,10 +280,12 @@ class _ZstdDecoder:
     def feed(self, data: bytes, limit: int) -> bytes:
         data = self._tail + data if self._tail else data
         self._tail = b""
-        if self._d.eof and data:
+        if self._d.eof:
+            if not data:
+                return b""  # a finished frame raises EOFError on any further call
             self._d = self._zstd.ZstdDecompressor()
         try:
-            out: bytes = self._d.decompress(data, max_length=limit)
+            out: bytes = self._d.decompress(data, limit)
         except (self._zstd.ZstdError, EOFError):
             raise DecodeError from None
         if self._d.eof:

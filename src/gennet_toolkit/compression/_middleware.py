@@ -124,11 +124,12 @@ class CompressionMiddleware:
         # Optional libraries are imported here, once, never at module import.
         self._modules: dict[str, ModuleType] = {}
         feature = "gennet_toolkit.compression"
+        zstd_module = _zstd_module_name()
         if encodings is None:
             wanted: list[str] = []
             if importlib.util.find_spec("brotli") is not None:
                 wanted.append("br")
-            if _has_stdlib_zstd():
+            if zstd_module is not None:
                 wanted.append("zstd")
             wanted.append("gzip")
         else:
@@ -144,10 +145,12 @@ class CompressionMiddleware:
         elif importlib.util.find_spec("brotli") is not None:
             # Requests may still arrive brotli-encoded even when responses do not use it.
             self._modules["br"] = require("brotli", extra="brotli", feature=feature)
-        if "zstd" in wanted or _has_stdlib_zstd():
-            if not _has_stdlib_zstd():
-                raise ConfigurationError("zstd needs Python 3.14+ (compression.zstd)")
-            self._modules["zstd"] = importlib.import_module("compression.zstd")
+        if zstd_module is not None:
+            self._modules["zstd"] = importlib.import_module(zstd_module)
+        elif "zstd" in wanted:
+            raise ConfigurationError(
+                "zstd needs Python 3.14+ (compression.zstd) or the backports-zstd package"
+            )
 
         codecs: dict[str, Codec] = {}
         for name in wanted:
@@ -285,8 +288,12 @@ class CompressionMiddleware:
             raise
 
 
-def _has_stdlib_zstd() -> bool:
-    try:
-        return importlib.util.find_spec("compression.zstd") is not None
-    except ModuleNotFoundError:
-        return False
+def _zstd_module_name() -> str | None:
+    """``compression.zstd`` (Python 3.14+), else its backport, else ``None``."""
+    for name in ("compression.zstd", "backports.zstd"):
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return name
+        except ImportError:
+            continue
+    return None
