@@ -318,3 +318,34 @@ def test_from_env_reads_debug_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ErrorHandlerMiddleware.from_env(PlainTextResponse("x")).debug is True
     monkeypatch.setenv("GENNET_DEBUG", "0")
     assert ErrorHandlerMiddleware.from_env(PlainTextResponse("x")).debug is False
+
+
+async def test_starlette_app_behind_other_middleware_still_gets_problems() -> None:
+    class Wrapper:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await self.app(scope, receive, send)
+
+    app = ErrorHandlerMiddleware(Wrapper(Starlette(routes=ROUTES)))
+    async with client(app) as c:
+        missing = await c.get("/missing")
+        boom = await c.get("/boom")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == PROBLEM_JSON
+    assert boom.status_code == 500
+    assert boom.headers["content-type"] == PROBLEM_JSON
+    assert "hunter2" not in boom.text
+
+
+async def test_a_5xx_the_app_returns_on_purpose_is_passed_through() -> None:
+    async def unavailable(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("maintenance", status_code=503, headers={"retry-after": "60"})
+
+    app = ErrorHandlerMiddleware(Starlette(routes=[Route("/", unavailable)]))
+    async with client(app) as c:
+        r = await c.get("/")
+    assert r.status_code == 503
+    assert r.text == "maintenance"
+    assert r.headers["retry-after"] == "60"

@@ -181,11 +181,12 @@ class ErrorHandlerMiddleware:
     instead of appending a second response to a half-sent one. Non-HTTP scopes pass
     through untouched.
 
-    Starlette and FastAPI render errors inside the app (their ``ServerErrorMiddleware``
-    answers a plain-text 500, then re-raises), so when ``app`` is one of them this
-    middleware also calls :func:`install_error_handlers` on it (``install_handlers=False``
-    opts out). An exception re-raised after a complete response is logged once and
-    not propagated: the client already has its answer.
+    Starlette and FastAPI render errors inside the app: their ``ServerErrorMiddleware``
+    answers a plain-text 500, then re-raises. So a 5xx response start is held back until
+    the app returns, and replaced by the problem body if an exception follows, wherever
+    the Starlette app sits inside this middleware. When ``app`` itself is Starlette or
+    FastAPI, :func:`install_error_handlers` is also called on it, so inner layers
+    (metrics, access logs) see the real status (``install_handlers=False`` opts out).
     """
 
     def __init__(self, app: ASGIApp, *, debug: bool = False, install_handlers: bool = True) -> None:
@@ -207,13 +208,23 @@ class ErrorHandlerMiddleware:
             await self.app(scope, receive, send)
             return
         started = completed = False
+        # A 5xx start is held back until the app returns: Starlette's ServerErrorMiddleware
+        # (anywhere inside us) answers its own plain-text 500 and then re-raises, and we
+        # want to replace that answer with the problem body for the real exception.
+        held: list[Message] | None = None
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started, completed
+            nonlocal started, completed, held
             if message["type"] == "http.response.start":
                 started = True
+                if message.get("status", 200) >= 500:
+                    held = [message]
+                    return
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 completed = True
+            if held is not None:
+                held.append(message)
+                return
             await send(message)
 
         try:
@@ -221,15 +232,18 @@ class ErrorHandlerMiddleware:
         except Exception as exc:
             if not scope.get(_SCOPE_LOGGED):
                 _log(exc, to_gennet_error(exc), scope)
-            if completed:
-                # An inner handler already answered and re-raised only so a server would
-                # log it; we just did, and a second response is impossible anyway.
-                return
-            if started:
+            if started and held is None:
+                if completed:
+                    # An inner handler already answered and re-raised only so a server
+                    # would log it; we just did, and a second response is impossible.
+                    return
                 # The status line is out: re-raise so the server drops the connection.
                 raise
             response = problem_response(exc, scope=scope, debug=self.debug)
             await response(scope, receive, send)
+            return
+        for message in held or ():
+            await send(message)
 
 
 def install_error_handlers(app: Any, *, debug: bool = False) -> None:
