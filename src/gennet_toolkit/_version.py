@@ -1,3 +1,3 @@
-"""The single source of the package version (read by hatchling and ``gennet_toolkit.__version__``)."""
+"""The single source of the package version (read by hatchling and ``__version__``)."""
 
 __version__ = "0.1.0.dev0"
