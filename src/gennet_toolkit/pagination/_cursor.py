@@ -1,0 +1,287 @@
+"""Opaque, versioned, optionally signed cursors: the wire format and its strict decoder.
+
+Layout (before base64url, no padding)::
+
+    0x01 | canonical JSON [direction, issued_at, query_hash, [values...]] | HMAC tag (16 bytes)
+
+The tag is present only when a secret is configured. ``query_hash`` binds the cursor to
+one paginator, sort spec and filter fingerprint. The decoder treats every byte as hostile:
+any failure is an :class:`InvalidCursor` (400), never another exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+from gennet_toolkit.exceptions import BadRequest, ConfigurationError, FieldError
+
+__all__ = [
+    "CURSOR_VERSION",
+    "Cursor",
+    "CursorCodec",
+    "Direction",
+    "InvalidCursor",
+    "query_hash",
+]
+
+#: Version byte of the cursor layout; cursors of any other version are rejected.
+CURSOR_VERSION: Final = 1
+_VERSION_BYTE: Final = bytes([CURSOR_VERSION])
+_TAG_SIZE: Final = 16
+_MIN_SECRET_BYTES: Final = 16
+_INT64 = (-(2**63), 2**63 - 1)
+_MAX_DECIMAL_DIGITS = 1000
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+#: ``a``/``b``: rows strictly after/before the key; ``A``/``B``: at or after/before it
+#: (the way back from an empty page, so the row at the key is not lost).
+Direction = Literal["a", "b", "A", "B"]
+_DIRECTIONS: Final = frozenset({"a", "b", "A", "B"})
+
+
+class InvalidCursor(BadRequest):
+    """The ``cursor`` parameter is malformed, tampered with, expired or made for another query."""
+
+    code = "invalid_cursor"
+    title = "Invalid cursor"
+    default_detail = "The cursor is not valid for this request; start again from the first page."
+
+    def __init__(self, reason: str, *, param: str = "cursor") -> None:
+        # ``reason`` is one of a fixed set of words; the submitted cursor is never echoed.
+        super().__init__(
+            extra={"reason": reason},
+            errors=[FieldError(self.default_detail, location="query", name=param, code=reason)],
+        )
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A decoded cursor: a position (sort-key values), a direction and what it is bound to."""
+
+    values: tuple[Any, ...]
+    direction: Direction
+    query_hash: str
+    issued_at: int
+
+
+def query_hash(*parts: str) -> str:
+    """A short digest binding a cursor to its paginator name, sort spec and filter fingerprint."""
+    h = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).digest()
+    return base64.urlsafe_b64encode(h[:9]).decode("ascii")
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _encode_value(v: Any) -> Any:
+    # JSON carries int/str/bool/None exactly; everything else gets a one-letter tag so
+    # the decoder rebuilds the very type (float vs Decimal vs int, date vs datetime).
+    if v is None or isinstance(v, bool | str):
+        return v
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return ["f", repr(v)]
+    if isinstance(v, Decimal):
+        return ["n", str(v)]
+    if isinstance(v, dt.datetime):
+        return ["t", v.isoformat()]
+    if isinstance(v, dt.date):
+        return ["d", v.isoformat()]
+    if isinstance(v, dt.time):
+        return ["h", v.isoformat()]
+    if isinstance(v, uuid.UUID):
+        return ["u", v.hex]
+    if isinstance(v, bytes):
+        return ["x", base64.urlsafe_b64encode(v).decode("ascii")]
+    raise ConfigurationError(
+        f"a sort key of type {type(v).__name__} cannot go into a cursor; sort on a "
+        "column of type int, str, float, Decimal, datetime, date, time, UUID, bool or bytes"
+    )
+
+
+def _valid_str(s: str) -> bool:
+    # NUL and lone surrogates are refused by PostgreSQL drivers with an error (a 500).
+    if "\x00" in s:
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _decode_value(raw: Any) -> Any:
+    if raw is None or isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int):
+        if not _INT64[0] <= raw <= _INT64[1]:
+            raise ValueError("integer out of range")
+        return raw
+    if isinstance(raw, str):
+        if not _valid_str(raw):
+            raise ValueError("bad string")
+        return raw
+    if not (isinstance(raw, list) and len(raw) == 2):
+        raise ValueError("bad value")
+    tag, text = raw
+    if not isinstance(text, str) or not text.isascii() or "\x00" in text:
+        raise ValueError("bad value")
+    if tag == "f":
+        return float(text)
+    if tag == "n":
+        d = Decimal(text)
+        if d.is_snan() or (
+            d.is_finite()
+            and (len(d.as_tuple().digits) > _MAX_DECIMAL_DIGITS or abs(d.adjusted()) > 1000)
+        ):
+            raise ValueError("decimal out of range")
+        return d
+    if tag == "t":
+        return dt.datetime.fromisoformat(text)
+    if tag == "d":
+        if len(text) != 10:
+            raise ValueError("bad date")
+        return dt.date.fromisoformat(text)
+    if tag == "h":
+        return dt.time.fromisoformat(text)
+    if tag == "u":
+        if len(text) != 32:
+            raise ValueError("bad uuid")
+        return uuid.UUID(hex=text)
+    if tag == "x":
+        if not _B64URL.fullmatch(text + "A"):  # "A": allow the empty string
+            raise ValueError("bad bytes")
+        return base64.urlsafe_b64decode(text)
+    raise ValueError("unknown tag")
+
+
+def _b64decode(text: str) -> bytes:
+    # The stdlib decoder silently skips foreign characters; check the alphabet first.
+    if not _B64URL.fullmatch(text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _secret_bytes(secret: str | bytes) -> bytes:
+    key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    if len(key) < _MIN_SECRET_BYTES:
+        raise ConfigurationError(
+            f"a cursor secret needs at least {_MIN_SECRET_BYTES} bytes "
+            "(use secrets.token_urlsafe())"
+        )
+    return key
+
+
+class CursorCodec:
+    """Encodes and strictly decodes cursors.
+
+    ``secret`` (str or bytes, or a sequence of them for rotation: the first signs, all
+    verify) turns on HMAC-SHA256 signing; ``max_age`` (seconds) expires cursors;
+    ``max_length`` caps the accepted cursor text before any work is done.
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: str | bytes | Sequence[str | bytes] | None = None,
+        max_age: float | None = None,
+        max_length: int = 2048,
+        param: str = "cursor",
+    ) -> None:
+        if secret is None:
+            self._keys: tuple[bytes, ...] = ()
+        elif isinstance(secret, str | bytes):
+            self._keys = (_secret_bytes(secret),)
+        else:
+            self._keys = tuple(_secret_bytes(s) for s in secret)
+            if not self._keys:
+                raise ConfigurationError("secret= is an empty sequence")
+        if max_age is not None and max_age <= 0:
+            raise ConfigurationError("max_age must be positive")
+        self.max_age = max_age
+        self.max_length = max_length
+        self.param = param
+
+    @property
+    def signed(self) -> bool:
+        """Whether cursors carry (and must carry) an HMAC tag."""
+        return bool(self._keys)
+
+    def encode(
+        self,
+        values: Sequence[Any],
+        direction: Direction,
+        bound_to: str,
+        *,
+        issued_at: int | None = None,
+    ) -> str:
+        """The opaque text of a cursor at ``values`` going ``direction``."""
+        iat = int(time.time()) if issued_at is None else issued_at
+        payload = [direction, iat, bound_to, [_encode_value(v) for v in values]]
+        body = _VERSION_BYTE + json.dumps(
+            payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
+        if self._keys:
+            body += hmac.digest(self._keys[0], body, "sha256")[:_TAG_SIZE]
+        return base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
+
+    def decode(self, text: str, *, bound_to: str, n_values: int) -> Cursor:
+        """Verify and decode ``text``; any failure raises :class:`InvalidCursor`."""
+        bad = self._invalid
+        if not text or len(text) > self.max_length:
+            raise bad("malformed")
+        try:
+            raw = _b64decode(text)
+        except (ValueError, binascii.Error):
+            raise bad("malformed") from None
+        if raw[:1] != _VERSION_BYTE:
+            raise bad("version" if raw else "malformed")
+        if self._keys:
+            body, tag = raw[:-_TAG_SIZE], raw[-_TAG_SIZE:]
+            if len(body) < 2 or not any(
+                hmac.compare_digest(hmac.digest(k, body, "sha256")[:_TAG_SIZE], tag)
+                for k in self._keys
+            ):
+                raise bad("signature")
+        else:
+            body = raw
+        try:
+            payload = json.loads(body[1:].decode("utf-8"))
+            direction, iat, bound, raw_values = payload
+            if (
+                direction not in _DIRECTIONS
+                or type(iat) is not int
+                or iat < 0
+                or not isinstance(bound, str)
+                or not isinstance(raw_values, list)
+            ):
+                raise ValueError("bad payload")
+            values = tuple(_decode_value(v) for v in raw_values)
+        except (ValueError, TypeError, RecursionError, ArithmeticError, UnicodeError):
+            # ValueError covers JSONDecodeError and unpacking a payload of the wrong size;
+            # ArithmeticError covers decimal.InvalidOperation.
+            raise bad("malformed") from None
+        if not hmac.compare_digest(bound, bound_to) or len(values) != n_values:
+            raise bad("mismatch")
+        if self.max_age is not None and not (
+            -60 <= time.time() - iat <= self.max_age  # one minute of clock skew
+        ):
+            raise bad("expired")
+        return Cursor(values, direction, bound, iat)
+
+    def _invalid(self, reason: str) -> InvalidCursor:
+        return InvalidCursor(reason, param=self.param)

@@ -1,0 +1,381 @@
+"""CursorPaginator and Page: keyset paging of SQLAlchemy 2 selects, sync and async."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from gennet_toolkit._optional import require
+from gennet_toolkit.exceptions import BadRequest, ConfigurationError, FieldError
+from gennet_toolkit.pagination._cursor import Cursor, CursorCodec, Direction, query_hash
+
+if TYPE_CHECKING:
+    from sqlalchemy import Select
+
+    from gennet_toolkit.pagination._keyset import SortKey
+
+__all__ = ["CursorPaginator", "InvalidPageSize", "Page", "link_header"]
+
+T = TypeVar("T")
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+class InvalidPageSize(BadRequest):
+    """``page_size`` is not an integer between 1 and the paginator's ``max_page_size``."""
+
+    code = "invalid_page_size"
+    title = "Invalid page size"
+
+
+@dataclass(slots=True)
+class Page(Generic[T]):
+    """One page of results.
+
+    ``next_cursor`` / ``prev_cursor`` are ``None`` when there is no such page.
+    ``start_cursor`` / ``end_cursor`` point before the first and after the last item
+    whatever ``has_prev`` / ``has_next`` say (Relay ``pageInfo`` semantics). ``total``
+    is filled only when the count was asked for.
+    """
+
+    items: list[T]
+    next_cursor: str | None
+    prev_cursor: str | None
+    has_next: bool
+    has_prev: bool
+    total: int | None = None
+    start_cursor: str | None = field(default=None, repr=False)
+    end_cursor: str | None = field(default=None, repr=False)
+    page_size: int = 0
+
+    @property
+    def page_info(self) -> dict[str, Any]:
+        """Relay connection ``pageInfo``: hasNextPage, hasPreviousPage, startCursor, endCursor."""
+        return {
+            "hasNextPage": self.has_next,
+            "hasPreviousPage": self.has_prev,
+            "startCursor": self.start_cursor,
+            "endCursor": self.end_cursor,
+        }
+
+    def link_header(self, base_url: str, *, param: str = "cursor") -> str | None:
+        """RFC 8288 ``Link`` value with ``first``, ``next`` and ``prev`` URLs (or ``None``)."""
+        return link_header(self, base_url, param=param)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready envelope (items as they are: serialise them first if needed)."""
+        out: dict[str, Any] = {
+            "items": self.items,
+            "next_cursor": self.next_cursor,
+            "prev_cursor": self.prev_cursor,
+            "has_next": self.has_next,
+            "has_prev": self.has_prev,
+            "page_info": self.page_info,
+        }
+        if self.total is not None:
+            out["total"] = self.total
+        return out
+
+
+def _with_param(url: str, param: str, value: str | None) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != param]
+    if value is not None:
+        query.append((param, value))
+    return urlunsplit(parts._replace(query=urlencode(query), fragment=""))
+
+
+def link_header(page: Page[Any], request_url: str, *, param: str = "cursor") -> str | None:
+    """The RFC 8288 ``Link`` header for ``page``: ``first``, and ``next``/``prev`` when
+    they exist. Other query parameters of ``request_url`` (filters, page size) are kept."""
+    links = [f'<{_with_param(request_url, param, None)}>; rel="first"']
+    if page.next_cursor is not None:
+        links.append(f'<{_with_param(request_url, param, page.next_cursor)}>; rel="next"')
+    if page.prev_cursor is not None:
+        links.append(f'<{_with_param(request_url, param, page.prev_cursor)}>; rel="prev"')
+    return ", ".join(links)
+
+
+@dataclass(slots=True)
+class _Plan:
+    stmt: Any
+    keys: list[SortKey]
+    bound: str
+    cursor: Cursor | None
+    size: int
+    width: int
+    scalar: bool
+    count_stmt: Any
+
+
+def _is_entity(desc: Mapping[str, Any]) -> bool:
+    expr = desc.get("expr")
+    return expr is not None and expr is desc.get("entity")
+
+
+def _dialect_name(session: Any) -> str:
+    bind = session.get_bind() if hasattr(session, "get_bind") else session
+    dialect = getattr(bind, "dialect", None)
+    return str(getattr(dialect, "name", ""))
+
+
+class CursorPaginator:
+    """Keyset (seek) pagination for SQLAlchemy 2 ``Select`` statements.
+
+    ``order_by`` lists sort keys (columns, ``.desc()``, ``.nulls_first()``, or selected
+    column names like ``"-score"``); the primary keys of the selected tables are appended
+    as a unique tiebreak unless ``tiebreak=`` names the columns. ``nulls`` places NULLs
+    (``"last"`` or ``"first"``) for keys that do not say, identically on every database.
+    Cursors are signed with ``secret`` (a list rotates keys), expire after ``max_age``
+    seconds when set, and are bound to ``name``, the sort and the filter ``fingerprint``.
+    """
+
+    def __init__(
+        self,
+        order_by: Sequence[Any] = (),
+        *,
+        page_size: int = 50,
+        max_page_size: int = 500,
+        secret: str | bytes | Sequence[str | bytes] | None = None,
+        tiebreak: Sequence[Any] | None = None,
+        nulls: Literal["first", "last"] = "last",
+        max_age: float | None = None,
+        name: str = "",
+        include_total: bool = False,
+        cursor_param: str = "cursor",
+        size_param: str = "page_size",
+        max_cursor_length: int = 2048,
+    ) -> None:
+        if not 1 <= page_size <= max_page_size:
+            raise ConfigurationError("need 1 <= page_size <= max_page_size")
+        if nulls not in ("first", "last"):
+            raise ConfigurationError('nulls must be "first" or "last"')
+        self.order_by = tuple(order_by)
+        self.tiebreak = None if tiebreak is None else tuple(tiebreak)
+        self.page_size = page_size
+        self.max_page_size = max_page_size
+        self.nulls: Literal["first", "last"] = nulls
+        self.name = name
+        self.include_total = include_total
+        self.cursor_param = cursor_param
+        self.size_param = size_param
+        self.codec = CursorCodec(
+            secret=secret, max_age=max_age, max_length=max_cursor_length, param=cursor_param
+        )
+
+    @classmethod
+    def from_env(cls, prefix: str = "GENNET_", **overrides: Any) -> CursorPaginator:
+        """Configure from ``{prefix}PAGINATION_PAGE_SIZE``, ``…_MAX_PAGE_SIZE``,
+        ``…_SECRET`` (comma-separated: the first signs, all verify), ``…_MAX_AGE``
+        (seconds) and ``…_NULLS``; keyword ``overrides`` (``order_by=`` …) win."""
+        env = os.environ
+        p = f"{prefix}PAGINATION_"
+        kwargs: dict[str, Any] = {}
+        try:
+            if v := env.get(p + "PAGE_SIZE", "").strip():
+                kwargs["page_size"] = int(v)
+            if v := env.get(p + "MAX_PAGE_SIZE", "").strip():
+                kwargs["max_page_size"] = int(v)
+            if v := env.get(p + "MAX_AGE", "").strip():
+                kwargs["max_age"] = float(v)
+        except ValueError:
+            raise ConfigurationError(f"{p}* sizes and ages must be numbers") from None
+        if secrets := [s.strip() for s in env.get(p + "SECRET", "").split(",") if s.strip()]:
+            kwargs["secret"] = secrets
+        if v := env.get(p + "NULLS", "").strip():
+            kwargs["nulls"] = v
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    # ------------------------------------------------------------------ request helpers
+
+    def check_page_size(self, page_size: int | str | None) -> int:
+        """The page size to use: the default for ``None``, else 1..max_page_size or a 400."""
+        if page_size is None:
+            return self.page_size
+        if isinstance(page_size, str):
+            if not _DIGITS.fullmatch(page_size.strip()):
+                raise self._bad_size()
+            page_size = int(page_size)
+        if isinstance(page_size, bool) or not isinstance(page_size, int):
+            raise self._bad_size()
+        if not 1 <= page_size <= self.max_page_size:
+            raise self._bad_size()
+        return page_size
+
+    def _bad_size(self) -> InvalidPageSize:
+        detail = f"{self.size_param} must be an integer from 1 to {self.max_page_size}."
+        return InvalidPageSize(
+            detail, errors=[FieldError(detail, location="query", name=self.size_param)]
+        )
+
+    def query_args(self, params: Mapping[str, str]) -> tuple[str | None, int]:
+        """``(cursor, page_size)`` read from query parameters, page size checked."""
+        cursor = params.get(self.cursor_param) or None
+        return cursor, self.check_page_size(params.get(self.size_param))
+
+    def encode_cursor(self, values: Sequence[Any], direction: Direction, *, bound_to: str) -> str:
+        """A cursor for explicit key values (tests, admin tools); normally pages make them."""
+        return self.codec.encode(values, direction, bound_to)
+
+    # ------------------------------------------------------------------ paging
+
+    def _plan(
+        self,
+        stmt: Select[Any],
+        *,
+        cursor: str | None,
+        page_size: int | str | None,
+        fingerprint: str | None,
+        order_by: Sequence[Any] | None,
+        include_total: bool | None,
+        dialect: str,
+    ) -> _Plan:
+        require("sqlalchemy", extra="sql", feature="gennet_toolkit.pagination")
+        from sqlalchemy import func, select
+
+        from gennet_toolkit.pagination._keyset import keyset_predicate, resolve_keys, spec_text
+
+        size = self.check_page_size(page_size)
+        keys = resolve_keys(
+            stmt, self.order_by if order_by is None else order_by, self.tiebreak, self.nulls
+        )
+        bound = query_hash(self.name, spec_text(keys), fingerprint or "")
+        decoded = None
+        base = stmt.order_by(None)
+        q = base.add_columns(*(k.expr.label(f"_gn_key{i}") for i, k in enumerate(keys)))
+        reverse = False
+        if cursor is not None:
+            decoded = self.codec.decode(cursor, bound_to=bound, n_values=len(keys))
+            if not all(k.accepts(v, dialect) for k, v in zip(keys, decoded.values, strict=True)):
+                raise self.codec._invalid("mismatch")
+            reverse = decoded.direction in ("b", "B")
+            q = q.where(
+                keyset_predicate(
+                    keys, decoded.values, reverse=reverse, inclusive=decoded.direction.isupper()
+                )
+            )
+        q = q.order_by(*(k.order_clause(reverse) for k in keys)).limit(size + 1)
+        descs = stmt.column_descriptions
+        total = self.include_total if include_total is None else include_total
+        count_stmt = select(func.count()).select_from(base.subquery()) if total else None
+        return _Plan(
+            q,
+            keys,
+            bound,
+            decoded,
+            size,
+            len(descs),
+            len(descs) == 1 and _is_entity(descs[0]),
+            count_stmt,
+        )
+
+    def _finish(self, plan: _Plan, result: Any, total: int | None) -> Page[Any]:
+        width = plan.width
+        rows: list[Any]
+        items: list[Any]
+        if plan.scalar:
+            rows = list(result.unique().all())
+            items = [r[0] for r in rows]
+        else:
+            frozen = result.freeze()
+            rows = list(frozen().all())
+            items = list(frozen().columns(*range(width)).all())
+        size = plan.size
+        more = len(rows) > size
+        del rows[size:], items[size:]
+        cur = plan.cursor
+        backward = cur is not None and cur.direction in ("b", "B")
+        if backward:
+            rows.reverse()
+            items.reverse()
+        encode = self.codec.encode
+        start = encode(tuple(rows[0][width:]), "b", plan.bound) if rows else None
+        end = encode(tuple(rows[-1][width:]), "a", plan.bound) if rows else None
+        if backward:
+            has_prev, has_next = more, True
+        else:
+            has_prev, has_next = cur is not None, more
+        next_cursor = end if has_next else None
+        prev_cursor = start if has_prev else None
+        if not rows and cur is not None:
+            # An empty page still leads back to where the client came from, keeping the
+            # row at the cursor position itself (inclusive directions).
+            if backward:
+                next_cursor = encode(cur.values, "A", plan.bound)
+            else:
+                prev_cursor = encode(cur.values, "B", plan.bound)
+        return Page(
+            items=items,
+            next_cursor=next_cursor,
+            prev_cursor=prev_cursor,
+            has_next=has_next,
+            has_prev=has_prev,
+            total=total,
+            start_cursor=start,
+            end_cursor=end,
+            page_size=size,
+        )
+
+    def paginate(
+        self,
+        session: Any,
+        stmt: Select[Any],
+        cursor: str | None = None,
+        page_size: int | str | None = None,
+        *,
+        fingerprint: str | None = None,
+        order_by: Sequence[Any] | None = None,
+        include_total: bool | None = None,
+    ) -> Page[Any]:
+        """Run one page of ``stmt`` on a sync ``Session`` or ``Connection``.
+
+        ORM selects of one entity give entities as items, other selects give rows.
+        ``fingerprint`` (the applied filters, e.g. from ``search.FilterSet``) binds the
+        cursor to them; ``order_by`` replaces the paginator's sort for this call. A bad
+        cursor or page size raises :class:`InvalidCursor` / :class:`InvalidPageSize` (400).
+        """
+        plan = self._plan(
+            stmt,
+            cursor=cursor,
+            page_size=page_size,
+            fingerprint=fingerprint,
+            order_by=order_by,
+            include_total=include_total,
+            dialect=_dialect_name(session),
+        )
+        result = session.execute(plan.stmt)
+        page = self._finish(plan, result, None)
+        if plan.count_stmt is not None:
+            page.total = int(session.execute(plan.count_stmt).scalar_one())
+        return page
+
+    async def apaginate(
+        self,
+        session: Any,
+        stmt: Select[Any],
+        cursor: str | None = None,
+        page_size: int | str | None = None,
+        *,
+        fingerprint: str | None = None,
+        order_by: Sequence[Any] | None = None,
+        include_total: bool | None = None,
+    ) -> Page[Any]:
+        """:meth:`paginate` for an ``AsyncSession`` or ``AsyncConnection``."""
+        plan = self._plan(
+            stmt,
+            cursor=cursor,
+            page_size=page_size,
+            fingerprint=fingerprint,
+            order_by=order_by,
+            include_total=include_total,
+            dialect=_dialect_name(session),
+        )
+        result = await session.execute(plan.stmt)
+        page = self._finish(plan, result, None)
+        if plan.count_stmt is not None:
+            page.total = int((await session.execute(plan.count_stmt)).scalar_one())
+        return page
