@@ -204,14 +204,16 @@ def _after(key: SortKey, v: Any, reverse: bool) -> ColumnElement[bool] | None:
     if v is None:
         # NULLs sort as one block: after it come the non-NULLs, or nothing.
         return col.is_not(None) if nulls_first else None
-    cmp: ColumnElement[bool] = col < v if desc else col > v
+    # An explicit bind parameter: SQLAlchemy refuses ``col > True`` with a bare bool.
+    bound = literal(v, col.type)
+    cmp: ColumnElement[bool] = col < bound if desc else col > bound
     if key.nullable and not nulls_first:
         return or_(cmp, col.is_(None))
     return cmp
 
 
 def _equal(key: SortKey, v: Any) -> ColumnElement[bool]:
-    return key.expr.is_(None) if v is None else key.expr == v
+    return key.expr.is_(None) if v is None else key.expr == literal(v, key.expr.type)
 
 
 def keyset_predicate(
@@ -244,6 +246,7 @@ def keyset_predicate(
     pred = or_(*terms)
     first, v0 = keys[0], values[0]
     if not first.nullable and v0 is not None:
-        lead = first.expr <= v0 if first.descending != reverse else first.expr >= v0
+        b0 = literal(v0, first.expr.type)
+        lead = first.expr <= b0 if first.descending != reverse else first.expr >= b0
         pred = and_(lead, pred)
     return pred
