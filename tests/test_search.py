@@ -49,6 +49,7 @@ from tests.services import Database
 
 PROBLEM = "application/problem+json"
 SECRET = "hunter2-secret-value"
+CURSOR_SECRET = "search-tests-cursor-secret-0123456789"
 
 
 class Base(DeclarativeBase):
@@ -740,3 +741,70 @@ async def test_starlette_endpoint_answers_200_and_problem_json_400(engine: Any) 
     assert body["code"] == "invalid_filter"
     assert {e["parameter"] for e in body["errors"]} == {"sort", "weight__gte"}
     assert SECRET not in bad.text
+
+
+# --------------------------------------------------------------------------- with pagination
+
+
+def walk_pages(session: Session, params: Any, page_size: int) -> list[int]:
+    """Every gene id of a filtered, sorted query, page by page through cursors."""
+    from gennet_toolkit.pagination import CursorPaginator
+
+    result = FS.apply(select(Gene), params, dialect=session)
+    paginator = CursorPaginator(order_by=result.order_by, secret=CURSOR_SECRET)
+    seen: list[int] = []
+    cursor = None
+    while True:
+        page = paginator.paginate(
+            session,
+            result.select,
+            cursor=cursor,
+            page_size=page_size,
+            fingerprint=result.fingerprint,
+        )
+        seen += [g.id for g in page.items]
+        if not page.has_next:
+            return seen
+        cursor = page.next_cursor
+
+
+@pytest.mark.parametrize("page_size", [1, 2, 3])
+def test_filtered_results_page_through_cursor_pagination(engine: Any, page_size: int) -> None:
+    # Rank ties and distinct ranks: descriptions repeat "protein" 1-3 times.
+    extra = [
+        {
+            "id": 100 + i,
+            "symbol": f"g{i}",
+            "description": " ".join(["protein"] * (i % 3 + 1) + ["filler"] * (i % 4)),
+            "weight": (i % 5) / 10 or None,
+            "created_at": BASE_TIME,
+        }
+        for i in range(17)
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(Gene), extra)
+    with Session(engine) as session:
+        everything = ids(engine, "weight__gte=0.1&sort=-weight")
+        assert walk_pages(session, "weight__gte=0.1&sort=-weight", page_size) == everything
+        ranked = ids(engine, {"q": "protein"})
+        assert len(ranked) == 19
+        assert walk_pages(session, {"q": "protein"}, page_size) == ranked
+
+
+def test_a_cursor_from_another_filter_is_rejected(engine: Any) -> None:
+    from gennet_toolkit.pagination import CursorPaginator, InvalidCursor
+
+    with Session(engine) as session:
+        first = FS.apply(select(Gene), "weight__gte=0.1&sort=-weight", dialect=session)
+        paginator = CursorPaginator(order_by=first.order_by, secret=CURSOR_SECRET)
+        page = paginator.paginate(session, first.select, page_size=2, fingerprint=first.fingerprint)
+        other = FS.apply(select(Gene), "weight__gte=0.5&sort=-weight", dialect=session)
+        with pytest.raises(InvalidCursor) as info:
+            paginator.paginate(
+                session,
+                other.select,
+                cursor=page.next_cursor,
+                page_size=2,
+                fingerprint=other.fingerprint,
+            )
+    assert info.value.status_code == 400

@@ -10,9 +10,11 @@ from typing import Any
 from sqlalchemy import (
     Column,
     ColumnElement,
+    Double,
     Float,
     Table,
     bindparam,
+    cast,
     func,
     inspect,
     literal_column,
@@ -152,8 +154,10 @@ class _Resolved:
 
     def postgres_rank(self, text: str) -> ColumnElement[Any]:
         # Negated so that ascending order puts the best first, as with bm25.
-        rank: ColumnElement[Any] = func.ts_rank(
-            self._document(self.columns), self._tsquery(text), type_=Float()
+        # ts_rank is a real: widened to double so values round-trip exactly through
+        # cursors (a float4 compared with its own float8 rendering is not equal).
+        rank: ColumnElement[Any] = cast(
+            func.ts_rank(self._document(self.columns), self._tsquery(text)), Double()
         )
         return -rank
 
