@@ -79,8 +79,9 @@ class RateLimiter:
     :class:`~gennet_toolkit.backends.Backend`. ``strategy``: ``"sliding_window"`` (two-window
     weighted counter, the default), ``"fixed_window"`` or ``"token_bucket"`` (GCRA). With
     ``fail_open=True`` a backend outage lets requests through; with ``False`` they get
-    503. Either way the outage is logged once, and its end once. Every check is one
-    backend call (one Lua round trip on Redis); async methods never block the loop.
+    503. Either way the outage is logged once, and its end once. ``prefix`` goes in
+    front of every key when ``backend`` is a URL. Every check is one backend call (one
+    Lua round trip on Redis); async methods never block the loop.
     """
 
     def __init__(
@@ -99,9 +100,13 @@ class RateLimiter:
             )
         self.strategy = strategy
         self.fail_open = fail_open
-        self.prefix = prefix
         self._owns_backend = isinstance(backend, str)
-        self.backend: Backend = from_url(backend) if isinstance(backend, str) else backend
+        if isinstance(backend, str):
+            self.backend: Backend = from_url(backend, prefix=prefix)
+        elif prefix:
+            raise ConfigurationError("prefix= applies to backend URLs; set it on the Backend")
+        else:
+            self.backend = backend
         self._op_name = op
         self._op: AsyncOp = getattr(self.backend, op)
         self._sync_op: SyncOp | None = None
@@ -143,9 +148,7 @@ class RateLimiter:
         """
         lim = limit if isinstance(limit, Limit) else _single(limit)
         try:
-            result = await self._op(
-                self.prefix + storage_key(key) + lim.suffix, lim.amount, lim.period, cost
-            )
+            result = await self._op(storage_key(key) + lim.suffix, lim.amount, lim.period, cost)
         except Exception as exc:  # any backend failure is an outage, never a 500
             self._failed(exc)
             return None
@@ -183,7 +186,7 @@ class RateLimiter:
             op = self._sync_op
             if op is None:
                 op = self._sync_op = getattr(self.backend.sync, self._op_name)
-            result = op(self.prefix + storage_key(key) + lim.suffix, lim.amount, lim.period, cost)
+            result = op(storage_key(key) + lim.suffix, lim.amount, lim.period, cost)
         except Exception as exc:  # any backend failure is an outage, never a 500
             self._failed(exc)
             return None

@@ -1,0 +1,282 @@
+"""rate_limit on Redis: one round trip per check, exactness across processes, outages.
+
+Round-trip counts come from ``INFO commandstats`` on a private redis-server that nothing
+else talks to. Outage tests kill that server and start it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from gennet_toolkit.backends.redis import RedisBackend
+from gennet_toolkit.rate_limit import RateLimiter, RateLimitMiddleware, Rule, by_api_key
+from tests.services import RedisServer
+
+STRATEGIES = ["fixed_window", "sliding_window", "token_bucket"]
+
+
+async def ok(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def app_with(limiter: RateLimiter, limit: str = "2/minute", **options: Any) -> RateLimitMiddleware:
+    starlette = Starlette(routes=[Route("/", ok)])
+    return RateLimitMiddleware(starlette, limiter, rules=[Rule(limit, **options)])
+
+
+def client_for(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+class CommandLog:
+    """Top-level commands clients send, read from Redis MONITOR.
+
+    INFO commandstats cannot count round trips: it also counts the commands a script
+    runs inside Redis. MONITOR tags those ``lua``, so they are left out here.
+    """
+
+    END = "gennet-rate-limit-monitor-end"
+
+    def __init__(self, url: str) -> None:
+        self._client = redis.Redis.from_url(url)
+        self._monitor = self._client.monitor()
+        self._marker = redis.Redis.from_url(url)
+        self._marker.ping()  # connect now, so its handshake is not logged
+
+    def __enter__(self) -> CommandLog:
+        self._monitor.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._monitor.__exit__(*exc)
+        self._client.close()
+        self._marker.close()
+
+    def stop(self) -> list[str]:
+        """The command names seen so far, in order (MONITOR buffers them server-side)."""
+        self._marker.echo(self.END)
+        names: list[str] = []
+        while True:
+            cmd = self._monitor.next_command()
+            if self.END in cmd["command"]:
+                return names
+            if cmd["client_type"] != "lua":
+                names.append(cmd["command"].split(" ", 1)[0].upper())
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_every_check_is_one_redis_command(redis_server: RedisServer, strategy: str) -> None:
+    limiter = RateLimiter(redis_server.url, strategy=strategy)  # type: ignore[arg-type]
+    app = app_with(limiter, "1000/minute")
+    try:
+        async with client_for(app) as client:
+            await client.get("/")  # warm-up: connect, SCRIPT LOAD
+            limiter.hit_sync("1000/minute", "sync-warm-up")
+            with CommandLog(redis_server.url) as log:
+                for _ in range(25):
+                    assert (await client.get("/")).status_code == 200
+                for _ in range(10):
+                    assert (await limiter.hit("1000/minute", "direct")) is not None
+                    assert limiter.hit_sync("1000/minute", "direct") is not None
+                commands = log.stop()
+    finally:
+        await limiter.aclose()
+    assert commands == ["EVALSHA"] * 45
+
+
+@pytest.mark.anyio
+async def test_async_path_never_touches_the_blocking_client(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = RedisBackend(redis_url, prefix=redis_prefix)
+
+    def blocked(self: RedisBackend) -> Any:
+        raise AssertionError("the sync Redis client was used from async code")
+
+    monkeypatch.setattr(RedisBackend, "sync", property(blocked))
+    limiter = RateLimiter(backend, fail_open=False)
+    try:
+        async with client_for(app_with(limiter)) as client:
+            codes = [(await client.get("/")).status_code for _ in range(3)]
+    finally:
+        await backend.aclose()
+    assert codes == [200, 200, 429]
+
+
+# --------------------------------------------------------------------------- storage
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+async def test_stored_keys_are_per_algorithm_expiring_hash_tagged_and_hold_no_secret(
+    redis_url: str, redis_prefix: str
+) -> None:
+    secret = "gnk_live_Sup3rSecretToken"
+    limiters = [RateLimiter(redis_url, strategy=s, prefix=redis_prefix) for s in STRATEGIES]  # type: ignore[arg-type]
+    try:
+        for limiter in limiters:  # one key, every strategy: no WRONGTYPE
+            app = app_with(limiter, "5/minute", key=by_api_key, name="k")
+            async with client_for(app) as client:
+                response = await client.get("/", headers={"X-API-Key": secret})
+                assert response.status_code == 200
+    finally:
+        for limiter in limiters:
+            await limiter.aclose()
+    store = redis.Redis.from_url(redis_url)
+    try:
+        keys = [k.decode() for k in store.scan_iter(match=redis_prefix + "*")]
+        ttls = [store.pttl(k) for k in keys]
+    finally:
+        store.close()
+    assert {k.split("rl:")[1].split(":")[0] for k in keys} == {"fw", "sw", "gcra"}
+    assert all("{" in k and "}" in k for k in keys)
+    assert all(t > 0 for t in ttls)
+    assert not any(secret in k or "Sup3r" in k for k in keys)
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_memory_per_key_does_not_grow_with_hits(
+    redis_url: str, redis_prefix: str, strategy: str
+) -> None:
+    limiter = RateLimiter(redis_url, strategy=strategy, prefix=redis_prefix)  # type: ignore[arg-type]
+    client = redis.Redis.from_url(redis_url)
+
+    def usage() -> int:
+        return sum(
+            int(client.memory_usage(k) or 0) for k in client.scan_iter(match=redis_prefix + "*")
+        )
+
+    try:
+        # 10 hits first: a token bucket's key lives only as long as its debt.
+        await asyncio.gather(*(limiter.hit("5000/hour", "user") for _ in range(10)))
+        small = usage()
+        await asyncio.gather(*(limiter.hit("5000/hour", "user") for _ in range(2000)))
+        large = usage()
+    finally:
+        await limiter.aclose()
+        client.close()
+    assert small > 0
+    assert large <= small + 16  # O(1): a counter or timestamp, never a log of hits
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+def _hammer(url: str, prefix: str, barrier: Any, results: Any) -> None:
+    """One worker process: per strategy, wait for the others, then 60 hits at once."""
+    limiter_by = {
+        s: RateLimiter(url, strategy=s, prefix=prefix)  # type: ignore[arg-type]
+        for s in STRATEGIES
+    }
+
+    async def burst(limiter: RateLimiter) -> int:
+        outcomes = await asyncio.gather(*(limiter.hit("100/hour", "shared") for _ in range(45)))
+        await limiter.aclose()
+        return sum(1 for r in outcomes if r is not None and r.allowed)
+
+    for strategy, limiter in limiter_by.items():
+        barrier.wait(timeout=60)
+        allowed = asyncio.run(burst(limiter))
+        allowed += sum(
+            1
+            for _ in range(15)
+            if (r := limiter.hit_sync("100/hour", "shared")) is not None and r.allowed
+        )
+        results.put((strategy, allowed))
+    for limiter in limiter_by.values():
+        limiter.backend.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_four_processes_sharing_one_limit_admit_exactly_the_limit(
+    redis_url: str, redis_prefix: str
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_hammer, args=(redis_url, redis_prefix, barrier, results))
+        for _ in range(4)
+    ]
+    for w in workers:
+        w.start()
+    totals = dict.fromkeys(STRATEGIES, 0)
+    for _ in range(4 * len(STRATEGIES)):
+        strategy, allowed = results.get(timeout=120)
+        totals[strategy] += allowed
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    # 4 processes x 60 attempts = 240 per strategy against a limit of 100.
+    assert totals == dict.fromkeys(STRATEGIES, 100)
+
+
+# --------------------------------------------------------------------------- outages
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_fail_open_passes_logs_once_and_limits_again_after_recovery(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gennet_toolkit.rate_limit")
+    limiter = RateLimiter(redis_server.url, strategy="fixed_window", fail_open=True)
+    app = app_with(limiter)
+    try:
+        async with client_for(app) as client:
+            assert [(await client.get("/")).status_code for _ in range(3)] == [200, 200, 429]
+            redis_server.stop()
+            during = [await client.get("/") for _ in range(5)]
+            redis_server.start()
+            after = [(await client.get("/")).status_code for _ in range(3)]
+    finally:
+        await limiter.aclose()
+    assert [r.status_code for r in during] == [200] * 5
+    assert all("RateLimit" not in r.headers for r in during)  # nothing known, nothing claimed
+    assert after == [200, 200, 429]  # the restarted (empty) server counts again
+    messages = [r.getMessage() for r in caplog.records if r.name == "gennet_toolkit.rate_limit"]
+    assert len([m for m in messages if "unavailable" in m]) == 1
+    assert len([m for m in messages if "recovered" in m]) == 1
+    assert str(redis_server.port) not in " ".join(r.text for r in during)
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_fail_closed_answers_503_during_the_outage_and_recovers(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    limiter = RateLimiter(redis_server.url, fail_open=False)
+    app = app_with(limiter, "5/minute")
+    try:
+        async with client_for(app) as client:
+            assert (await client.get("/")).status_code == 200
+            redis_server.stop()
+            during = [await client.get("/") for _ in range(4)]
+            redis_server.start()
+            back = await client.get("/")
+    finally:
+        await limiter.aclose()
+    assert {r.status_code for r in during} == {503}
+    assert all(r.headers["content-type"] == "application/problem+json" for r in during)
+    assert all(r.json()["status"] == 503 for r in during)
+    assert back.status_code == 200
+    assert back.headers["RateLimit"].startswith('"default";r=4')
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
