@@ -100,7 +100,10 @@ def test_top_level_package_imports_no_module() -> None:
     import subprocess
     import sys
 
-    code = "import sys, gennet_toolkit; print(sorted(m for m in sys.modules if m.startswith('gennet_toolkit.')))"
+    code = (
+        "import sys, gennet_toolkit\n"
+        "print(sorted(m for m in sys.modules if m.startswith('gennet_toolkit.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['gennet_toolkit._version']"
 
