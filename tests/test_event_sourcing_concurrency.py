@@ -11,8 +11,10 @@ import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 
 from gennet_toolkit.event_sourcing import (
     AsyncEventStore,
@@ -219,4 +221,89 @@ def test_an_open_append_transaction_holds_later_positions_back(store: EventStore
     assert later_done.is_set()
     events = store.read_all(1)
     assert [(e.position, e.stream_id) for e in events] == [(1, "a"), (2, "c"), (3, "b")]
+    assert store.verify().ok
+
+
+def _hold_first_insert(store: EventStore, waiting: int) -> list[str]:
+    """Pause the first INSERT until ``waiting`` other appends are queued behind it."""
+    import time
+
+    statements: list[str] = []
+
+    @sa_event.listens_for(store.engine, "before_cursor_execute")
+    def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            statements.append(statement)
+            if len(statements) == 1:
+                deadline = time.monotonic() + 20
+                while len(store._group.pending) < waiting and time.monotonic() < deadline:
+                    time.sleep(0.005)
+
+    return statements
+
+
+def test_concurrent_appends_share_one_transaction_each_checked_alone(store: EventStore) -> None:
+    commits = Counter[str]()
+    sa_event.listen(store.engine, "commit", lambda conn: commits.update(["commit"]))
+    inserts = _hold_first_insert(store, waiting=7)
+    results: dict[int, Any] = {}
+
+    def write(n: int) -> None:
+        # Writers 5 and 6 both expect a fresh stream "dup": only one can win.
+        stream = "dup" if n in (5, 6) else f"s{n}"
+        try:
+            results[n] = store.append(stream, [NewEvent("E", {"n": n})], 0)
+        except ConcurrencyError as exc:
+            results[n] = exc
+
+    first = threading.Thread(target=write, args=(0,))
+    first.start()
+    while not inserts:
+        threading.Event().wait(0.005)
+    others = [threading.Thread(target=write, args=(n,)) for n in range(1, WRITERS)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(timeout=60)
+    assert len(inserts) == 2  # the held leader's, then one for the seven queued behind it
+    assert commits["commit"] >= 2
+    failed = [n for n, r in results.items() if isinstance(r, ConcurrencyError)]
+    assert len(failed) == 1
+    assert failed[0] in (5, 6)
+    events = store.read_all()
+    assert [e.position for e in events] == list(range(1, WRITERS))
+    assert sorted(e.data["n"] for e in events) == sorted(set(range(WRITERS)) - set(failed))
+    assert store.verify().ok
+
+
+def test_a_failed_shared_transaction_fails_every_append_in_it(store: EventStore) -> None:
+    inserts = _hold_first_insert(store, waiting=3)
+
+    @sa_event.listens_for(store.engine, "before_cursor_execute")
+    def break_second(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT") and len(inserts) == 2:
+            raise RuntimeError("disk full")
+
+    outcomes: dict[int, Any] = {}
+
+    def write(n: int) -> None:
+        try:
+            outcomes[n] = store.append(f"s{n}", [NewEvent("E")], 0)
+        except RuntimeError as exc:
+            outcomes[n] = exc
+
+    threads = [threading.Thread(target=write, args=(0,))]
+    threads[0].start()
+    while not inserts:
+        threading.Event().wait(0.005)
+    threads += [threading.Thread(target=write, args=(n,)) for n in (1, 2, 3)]
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert isinstance(outcomes[0], list)
+    errors = [outcomes[n] for n in (1, 2, 3)]
+    assert all(isinstance(e, RuntimeError) for e in errors)
+    assert len({id(e) for e in errors}) == 3  # each caller raises its own copy
+    assert [e.stream_id for e in store.read_all()] == ["s0"]
     assert store.verify().ok

@@ -88,6 +88,39 @@ Op = Exec | Call | RunSync
 Plan = Generator[Op, Any, T]
 
 
+@dataclass(slots=True)
+class _Payload:
+    event: NewEvent
+    data: Any
+    data_text: str
+    meta: dict[str, Any]
+    meta_text: str
+
+
+@dataclass(slots=True)
+class AppendRequest:
+    """One validated ``append`` call waiting for its transaction."""
+
+    stream_id: str
+    payloads: list[_Payload]
+    expected_version: int | str
+    result: list[RecordedEvent] | None = None
+    error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the request has a result or an error."""
+        return self.result is not None or self.error is not None
+
+    def outcome(self) -> list[RecordedEvent]:
+        """The recorded events, or raise this request's error."""
+        if self.error is not None:
+            raise self.error
+        if self.result is None:  # pragma: no cover - the transaction always sets one
+            raise RuntimeError("append request was not processed")
+        return self.result
+
+
 def _check_limit(limit: object, name: str = "limit") -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise InvalidEventError(f"{name} must be an integer from 1 to {MAX_LIMIT}.")
@@ -139,6 +172,12 @@ class Core:
             sa.select(e.c.position, e.c.hash, latest).order_by(e.c.position.desc()).limit(1)
         )
         self._stream_version = sa.select(latest)
+        self._head = sa.select(e.c.position, e.c.hash).order_by(e.c.position.desc()).limit(1)
+        self._versions = (
+            sa.select(e.c.stream_id, sa.func.max(e.c.version))
+            .where(e.c.stream_id.in_(sa.bindparam("streams", expanding=True)))
+            .group_by(e.c.stream_id)
+        )
         self._insert = e.insert()
         self._columns = [
             e.c.position,
@@ -207,16 +246,15 @@ class Core:
 
     # ------------------------------------------------------------------ plans
 
-    def append(
+    def prepare(
         self,
         stream_id: str,
         events: Iterable[object],
         expected_version: int | str,
         *,
         actor: str | None = None,
-        lock: bool = True,
-    ) -> Plan[list[RecordedEvent]]:
-        """Check, chain and insert ``events`` at the end of ``stream_id``."""
+    ) -> AppendRequest:
+        """Validate and serialise one ``append`` call (raises InvalidEventError at once)."""
         check_name(stream_id, "stream_id")
         if expected_version != ANY:
             check_version(expected_version, "expected_version")
@@ -227,88 +265,109 @@ class Core:
         payloads = []
         for e in prepared:
             data_text = check_json(
-                dict(e.data) if not isinstance(e.data, dict) else e.data, "event data"
+                e.data if isinstance(e.data, dict) else dict(e.data), "event data"
             )
             meta = dict(e.metadata)
             if correlation_id is not None and "correlation_id" not in meta:
                 meta["correlation_id"] = correlation_id
-            meta_text = check_json(meta, "event metadata")
+            meta_text = check_json(meta, "event metadata") if meta else "{}"
             # Hash what a reader will load, not the caller's objects (tuples, int keys).
-            payloads.append((e, json.loads(data_text), data_text, json.loads(meta_text), meta_text))
-        if not prepared:
-            return []
-        return (yield from self._append(stream_id, payloads, expected_version, lock))
+            payloads.append(
+                _Payload(e, json.loads(data_text), data_text, json.loads(meta_text), meta_text)
+            )
+        return AppendRequest(stream_id, payloads, expected_version)
 
-    def _append(
-        self,
-        stream_id: str,
-        payloads: list[tuple[NewEvent, Any, str, Any, str]],
-        expected_version: int | str,
-        lock: bool,
-    ) -> Plan[list[RecordedEvent]]:
+    def append(self, requests: Sequence[AppendRequest], *, lock: bool = True) -> Plan[None]:
+        """Check, chain and insert several appends in one transaction (group commit).
+
+        Each request gets ``result`` or ``error`` (a stale ``expected_version`` fails
+        only its own request, as if the requests had run one after another).
+        """
+        for request in requests:
+            if not request.payloads:
+                request.result = []
+        requests = [r for r in requests if r.payloads]
+        if not requests:
+            return
         if lock and not self.sqlite:
             yield Exec(self._lock, fetch=False)
-        rows = yield Exec(self._head_and_version, {"s": stream_id})
-        if rows:
-            head, previous, current = int(rows[0][0]), str(rows[0][1]), int(rows[0][2] or 0)
+        streams = {r.stream_id for r in requests}
+        if len(streams) == 1:
+            rows = yield Exec(self._head_and_version, {"s": requests[0].stream_id})
+            if rows:
+                head, previous = int(rows[0][0]), str(rows[0][1])
+                versions = {requests[0].stream_id: int(rows[0][2] or 0)}
+            else:
+                head, previous, versions = 0, GENESIS, {}
         else:
-            head, previous, current = 0, GENESIS, 0
-        if expected_version not in (ANY, current):
-            raise WrongExpectedVersion(stream_id, int(expected_version), current)
-        records: list[RecordedEvent] = []
+            rows = yield Exec(self._head)
+            head, previous = (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS)
+            rows = yield Exec(self._versions, {"streams": sorted(streams)})
+            versions = {str(r[0]): int(r[1]) for r in rows}
         params: list[dict[str, Any]] = []
-        for i, (e, data, data_text, meta, meta_text) in enumerate(payloads, start=1):
-            occurred = as_utc(e.occurred_at)
-            position, version = head + i, current + i
-            digest = link(
-                self.key,
-                position=position,
-                stream_id=stream_id,
-                version=version,
-                type=e.type,
-                schema_version=e.schema_version,
-                data=data,
-                actor=e.actor,
-                metadata=meta,
-                occurred_at=occurred,
-                previous=previous,
-            )
-            previous = digest
-            cid = meta.get("correlation_id")
-            params.append(
-                {
-                    "position": position,
-                    "stream_id": stream_id,
-                    "version": version,
-                    "type": e.type,
-                    "schema_version": e.schema_version,
-                    "data": data_text,
-                    "actor": e.actor,
-                    "correlation_id": cid
-                    if isinstance(cid, str) and len(cid) <= MAX_NAME_LENGTH
-                    else None,
-                    "meta": meta_text,
-                    # SQLite keeps no offset: store UTC, read back as UTC.
-                    "occurred_at": occurred.replace(tzinfo=None) if self.sqlite else occurred,
-                    "hash": digest,
-                }
-            )
-            records.append(
-                RecordedEvent(
-                    position,
-                    stream_id,
-                    version,
-                    e.type,
-                    data,
-                    e.actor,
-                    meta,
-                    e.schema_version,
-                    occurred,
-                    digest,
+        for request in requests:
+            stream_id, current = request.stream_id, versions.get(request.stream_id, 0)
+            expected = request.expected_version
+            if expected not in (ANY, current):
+                request.error = WrongExpectedVersion(stream_id, int(expected), current)
+                continue
+            records = []
+            for i, p in enumerate(request.payloads, start=1):
+                e = p.event
+                occurred = as_utc(e.occurred_at)
+                position, version = head + i, current + i
+                digest = link(
+                    self.key,
+                    position=position,
+                    stream_id=stream_id,
+                    version=version,
+                    type=e.type,
+                    schema_version=e.schema_version,
+                    data=p.data,
+                    actor=e.actor,
+                    metadata=p.meta,
+                    occurred_at=occurred,
+                    previous=previous,
                 )
-            )
-        yield Exec(self._insert, params[0] if len(params) == 1 else params, fetch=False)
-        return records
+                previous = digest
+                cid = p.meta.get("correlation_id")
+                params.append(
+                    {
+                        "position": position,
+                        "stream_id": stream_id,
+                        "version": version,
+                        "type": e.type,
+                        "schema_version": e.schema_version,
+                        "data": p.data_text,
+                        "actor": e.actor,
+                        "correlation_id": cid
+                        if isinstance(cid, str) and len(cid) <= MAX_NAME_LENGTH
+                        else None,
+                        "meta": p.meta_text,
+                        # SQLite keeps no offset: store UTC, read back as UTC.
+                        "occurred_at": occurred.replace(tzinfo=None) if self.sqlite else occurred,
+                        "hash": digest,
+                    }
+                )
+                records.append(
+                    RecordedEvent(
+                        position,
+                        stream_id,
+                        version,
+                        e.type,
+                        p.data,
+                        e.actor,
+                        p.meta,
+                        e.schema_version,
+                        occurred,
+                        digest,
+                    )
+                )
+            head += len(records)
+            versions[stream_id] = current + len(records)
+            request.result = records
+        if params:
+            yield Exec(self._insert, params[0] if len(params) == 1 else params, fetch=False)
 
     def _select(self) -> sa.Select[Any]:
         return sa.select(*self._columns)
@@ -480,8 +539,7 @@ class Core:
 
     def head(self) -> Plan[ChainAnchor | None]:
         """The last record's ``(position, hash)``."""
-        e = self.tables.events
-        rows = yield Exec(sa.select(e.c.position, e.c.hash).order_by(e.c.position.desc()).limit(1))
+        rows = yield Exec(self._head)
         return ChainAnchor(int(rows[0][0]), str(rows[0][1])) if rows else None
 
     def stream_version(self, stream_id: str) -> Plan[int]:

@@ -7,9 +7,12 @@ constraint violation) into the toolkit's errors.
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import inspect
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -19,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gennet_toolkit.event_sourcing._chain import ChainAnchor, VerifyReport
-from gennet_toolkit.event_sourcing._core import Call, Core, Exec, Plan, RunSync
+from gennet_toolkit.event_sourcing._core import AppendRequest, Call, Core, Exec, Plan, RunSync
 from gennet_toolkit.event_sourcing._events import RecordedEvent, Snapshot
 from gennet_toolkit.event_sourcing._registry import EventRegistry
 from gennet_toolkit.exceptions import ConcurrencyError, ConfigurationError, ServiceUnavailable
@@ -44,6 +47,52 @@ def _translate(exc: BaseException) -> BaseException | None:
     ):
         return ServiceUnavailable("The event store is unavailable.")
     return None
+
+
+def _clone(exc: BaseException) -> BaseException:
+    # Each waiting caller raises its own copy: one exception object raised in several
+    # threads at once would have its traceback rewritten under their feet.
+    try:
+        clone = copy.copy(exc)
+    except Exception:
+        return exc
+    clone.__cause__ = exc.__cause__
+    return clone
+
+
+def _fail_batch(batch: list[AppendRequest], leader: AppendRequest, exc: BaseException) -> None:
+    for request in batch:
+        if request.error is None:
+            request.result = None
+            if request is leader:
+                request.error = exc
+            elif isinstance(exc, Exception):
+                request.error = _clone(exc)
+            else:  # the leader was cancelled or interrupted mid-commit
+                request.error = ServiceUnavailable("The append was interrupted; retry it.")
+
+
+class _SyncGroup:
+    """Concurrent appends of one store waiting to share a transaction (group commit)."""
+
+    __slots__ = ("busy", "cond", "pending")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.pending: list[AppendRequest] = []
+        self.busy = False
+
+
+class _AsyncGroup:
+    """The asyncio form of :class:`_SyncGroup`, bound to the loop that first used it."""
+
+    __slots__ = ("busy", "cond", "loop", "pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.loop = loop
+        self.cond = asyncio.Condition()
+        self.pending: list[AppendRequest] = []
+        self.busy = False
 
 
 class _Base(Generic[E]):
@@ -102,6 +151,17 @@ class EventStore(_Base[sa.Engine]):
     ``registry`` lets ``append`` take registered dataclasses/pydantic models and
     ``replay``/``rebuild`` hand them back decoded.
     """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        key: bytes | str,
+        registry: EventRegistry | None = None,
+        table_prefix: str = "gennet_",
+    ) -> None:
+        super().__init__(engine, key=key, registry=registry, table_prefix=table_prefix)
+        self._group = _SyncGroup()
 
     @classmethod
     def from_env(
@@ -190,12 +250,33 @@ class EventStore(_Base[sa.Engine]):
         ``ConcurrencyError``). Events are :class:`NewEvent` or registered objects;
         ``actor`` fills in events that have none. With ``connection`` the append joins
         the caller's transaction (and holds the append lock until it commits).
+
+        Appends from several threads at once are committed together (group commit):
+        one transaction and one disk flush for all of them, each still checked against
+        its own ``expected_version``.
         """
-        return self._run(
-            self._core.append(stream_id, events, expected_version, actor=actor),
-            write=True,
-            connection=connection,
-        )
+        request = self._core.prepare(stream_id, events, expected_version, actor=actor)
+        if connection is not None:
+            self._run(self._core.append([request]), write=True, connection=connection)
+            return request.outcome()
+        group = self._group
+        with group.cond:
+            group.pending.append(request)
+            while group.busy and not request.done:
+                group.cond.wait()
+            if request.done:
+                return request.outcome()
+            group.busy = True
+            batch, group.pending = group.pending, []
+        try:
+            self._run(self._core.append(batch), write=True)
+        except BaseException as exc:
+            _fail_batch(batch, request, exc)
+        finally:
+            with group.cond:
+                group.busy = False
+                group.cond.notify_all()
+        return request.outcome()
 
     def read_stream(
         self,
@@ -320,6 +401,17 @@ class AsyncEventStore(_Base[AsyncEngine]):
     sync or async.
     """
 
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        key: bytes | str,
+        registry: EventRegistry | None = None,
+        table_prefix: str = "gennet_",
+    ) -> None:
+        super().__init__(engine, key=key, registry=registry, table_prefix=table_prefix)
+        self._group = _AsyncGroup(None)
+
     @classmethod
     def from_env(
         cls, prefix: str = "GENNET_", *, engine: AsyncEngine | None = None, **overrides: Any
@@ -400,12 +492,32 @@ class AsyncEventStore(_Base[AsyncEngine]):
         actor: str | None = None,
         connection: AsyncConnection | None = None,
     ) -> list[RecordedEvent]:
-        """See :meth:`EventStore.append`."""
-        return await self._run(
-            self._core.append(stream_id, events, expected_version, actor=actor),
-            write=True,
-            connection=connection,
-        )
+        """See :meth:`EventStore.append` (concurrent tasks share transactions too)."""
+        request = self._core.prepare(stream_id, events, expected_version, actor=actor)
+        if connection is not None:
+            await self._run(self._core.append([request]), write=True, connection=connection)
+            return request.outcome()
+        loop = asyncio.get_running_loop()
+        group = self._group
+        if group.loop is not loop and not group.busy:
+            group = self._group = _AsyncGroup(loop)
+        async with group.cond:
+            group.pending.append(request)
+            while group.busy and not request.done:
+                await group.cond.wait()
+            if request.done:
+                return request.outcome()
+            group.busy = True
+            batch, group.pending = group.pending, []
+        try:
+            await self._run(self._core.append(batch), write=True)
+        except BaseException as exc:
+            _fail_batch(batch, request, exc)
+        finally:
+            async with group.cond:
+                group.busy = False
+                group.cond.notify_all()
+        return request.outcome()
 
     async def read_stream(
         self,
