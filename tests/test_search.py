@@ -210,7 +210,7 @@ def problem_of(exc: BadRequest) -> dict[str, Any]:
 def rejected(params: Any, fs: FilterSet = FS) -> dict[str, Any]:
     """Apply ``params`` expecting a 400 and return its problem body."""
     with pytest.raises(InvalidFilter) as info:
-        fs.apply(select(Gene), params)
+        fs.apply(select(Gene), params, dialect="sqlite")
     assert info.value.status_code == 400
     assert isinstance(info.value, BadRequest)
     body = problem_of(info.value)
@@ -376,7 +376,7 @@ def test_fingerprint_is_independent_of_parameter_and_list_order() -> None:
     a = FS.apply(select(Gene), "symbol__in=lacZ,lacY&weight__gte=0.50&cursor=x&sort=-weight")
     b = FS.apply(select(Gene), "weight__gte=0.5&symbol__in=lacY,lacZ,lacY")
     c = FS.apply(select(Gene), "weight__gte=0.6&symbol__in=lacY,lacZ")
-    d = FS.apply(select(Gene), "weight__gte=0.5&symbol__in=lacY,lacZ&q=repressor")
+    d = FS.apply(select(Gene), "weight__gte=0.5&symbol__in=lacY,lacZ&q=repressor", dialect="sqlite")
     assert a.fingerprint == b.fingerprint
     assert len({a.fingerprint, c.fingerprint, d.fingerprint}) == 3
     assert "lacZ" not in a.fingerprint  # a hash: cursors carrying it leak no filter values
@@ -505,7 +505,7 @@ def engine(database: Database) -> Iterator[Any]:
 
 def ids(engine: Any, params: Any, fs: FilterSet = FS, **kw: Any) -> list[int]:
     """The gene ids ``params`` select, in result order."""
-    result = fs.apply(select(Gene.id), params, **kw)
+    result = fs.apply(select(Gene.id), params, **{"dialect": engine, **kw})
     with engine.connect() as conn:
         return list(conn.scalars(result.select))
 
@@ -628,9 +628,25 @@ def test_search_combines_with_filters_and_explicit_sort(engine: Any) -> None:
 
 @pytest.mark.parametrize("text", NASTY)
 def test_no_search_input_causes_a_database_error(engine: Any, text: str) -> None:
-    for dialect in (None, engine):
+    for dialect in (engine, engine.dialect.name):
         got = ids(engine, [("q", text)], dialect=dialect)
         assert isinstance(got, list)
+
+
+def test_search_without_a_known_dialect_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="dialect"):
+        FS.apply(select(Gene), {"q": "lac"})
+    with pytest.raises(ConfigurationError):
+        FS.apply(select(Gene), {"q": "lac"}, dialect="mysql")
+
+
+def test_search_joins_one_row_per_match_and_filters_use_exists(engine: Any) -> None:
+    # lacI matches twice over ("lac" in symbol and description): still one row.
+    result = FS.apply(
+        select(Gene.id), {"q": "lac operon", "regulates.sign": "repression"}, dialect=engine
+    )
+    with engine.connect() as conn:
+        assert list(conn.scalars(result.select)) == [1]
 
 
 def test_search_index_follows_inserts_updates_and_deletes(engine: Any) -> None:

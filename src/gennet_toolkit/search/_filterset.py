@@ -546,13 +546,7 @@ class FilterSet:
         order_by: list[ColumnElement[Any]] = []
         fulltext = self._fulltext
         if query.search is not None and fulltext is not None:
-            text = query.search
-            if name is not None:
-                conditions.append(fulltext.build("match", name, text))
-                rank = fulltext.build("rank", name, text)
-            else:
-                conditions.append(Deferred(lambda d: fulltext.build("match", d, text), Boolean()))
-                rank = Deferred(lambda d: fulltext.build("rank", d, text), Float())
+            stmt, rank = fulltext.search(stmt, name, query.search)
             if not query.sort:
                 order_by.append(rank.asc())
         sort = query.sort or ([] if query.search is not None else self._default_sort)

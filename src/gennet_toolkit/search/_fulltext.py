@@ -12,6 +12,9 @@ from sqlalchemy import (
     ColumnElement,
     Double,
     Float,
+    Integer,
+    MetaData,
+    Select,
     Table,
     bindparam,
     cast,
@@ -19,7 +22,6 @@ from sqlalchemy import (
     inspect,
     literal_column,
     select,
-    table,
 )
 from sqlalchemy import column as sa_column
 from sqlalchemy.ext.compiler import compiles
@@ -107,7 +109,7 @@ class _Resolved:
             raise ConfigurationError(f"search: text search config {spec.config!r} is not valid")
         if not re.fullmatch(r"[A-Za-z0-9_ ]+", spec.tokenize):
             raise ConfigurationError("search: tokenize may hold letters, digits and spaces only")
-        self.fts = table(self.fts_name, sa_column("rowid"))
+        self.fts = Table(self.fts_name, MetaData(), Column("rowid", Integer, primary_key=True))
         self.fts_ref: ColumnElement[Any] = literal_column(f'"{self.fts_name}"')
 
     # SQLite ---------------------------------------------------------------
@@ -119,20 +121,18 @@ class _Resolved:
             )
         return self.pk
 
-    def sqlite_match(self, text: str) -> ColumnElement[bool]:
+    def _sqlite(self, stmt: Select[Any], text: str) -> tuple[Select[Any], ColumnElement[Any]]:
         q: ColumnElement[Any] = bindparam(None, fts5_query(text), unique=True)
-        ids = select(self.fts.c.rowid).where(self.fts_ref.op("MATCH")(q))
-        return self._rowid_column().in_(ids)
-
-    def sqlite_rank(self, text: str) -> ColumnElement[Any]:
-        q: ColumnElement[Any] = bindparam(None, fts5_query(text), unique=True)
-        # bm25() is lower-is-better already: ascending order puts the best first.
-        return (
-            select(func.bm25(self.fts_ref, type_=Float()))
-            .where(self.fts_ref.op("MATCH")(q), self.fts.c.rowid == self._rowid_column())
-            .correlate(self.table)
-            .scalar_subquery()
+        # One row per match, joined on the rowid (1:1, never multiplying rows). bm25()
+        # runs inside the MATCH query: as a correlated subquery per row it would
+        # recompute the term statistics for every row (seconds at 50k rows).
+        hits = (
+            select(self.fts.c.rowid, func.bm25(self.fts_ref, type_=Float()).label("rank"))
+            .where(self.fts_ref.op("MATCH")(q))
+            .subquery(f"{self.fts_name}_hits")
         )
+        # bm25() is lower-is-better already: ascending order puts the best first.
+        return stmt.join(hits, hits.c.rowid == self._rowid_column()), hits.c.rank
 
     # PostgreSQL -----------------------------------------------------------
 
@@ -161,11 +161,19 @@ class _Resolved:
         )
         return -rank
 
-    def build(self, kind: str, dialect: str, text: str) -> ColumnElement[Any]:
+    def search(
+        self, stmt: Select[Any], dialect: str | None, text: str
+    ) -> tuple[Select[Any], ColumnElement[Any]]:
+        """``stmt`` restricted to rows matching ``text``, and the rank (lower is better)."""
         if dialect == "sqlite":
-            return self.sqlite_match(text) if kind == "match" else self.sqlite_rank(text)
+            return self._sqlite(stmt, text)
         if dialect == "postgresql":
-            return self.postgres_match(text) if kind == "match" else self.postgres_rank(text)
+            return stmt.where(self.postgres_match(text)), self.postgres_rank(text)
+        if dialect is None:
+            raise ConfigurationError(
+                "search: full-text search needs the dialect: pass apply(..., dialect=session)"
+                " or FilterSet(dialect=...)"
+            )
         raise ConfigurationError(f"search: full-text search is not available on {dialect!r}")
 
     # DDL ------------------------------------------------------------------
