@@ -1036,3 +1036,30 @@ def test_context_var_is_the_shared_one() -> None:
         assert get_correlation_id() == "shared"
     finally:
         correlation_id_var.reset(token)
+
+
+def test_ids_survive_a_queue_handler_when_the_filter_is_on_the_queue_side() -> None:
+    import logging.handlers
+    import queue
+
+    q: queue.Queue[logging.LogRecord] = queue.Queue()
+    producer = logging.handlers.QueueHandler(q)
+    producer.addFilter(CorrelationIdFilter(default=None))
+    stream = io.StringIO()
+    sink = logging.StreamHandler(stream)
+    sink.setFormatter(JsonFormatter())
+    listener = logging.handlers.QueueListener(q, sink)
+    logger = logging.getLogger("tests.queue")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(producer)
+    listener.start()
+    try:
+        with bound_correlation_id("queued-1"):
+            logger.info("via queue")
+    finally:
+        listener.stop()
+        logger.removeHandler(producer)
+        logger.propagate = True
+    (line,) = stream.getvalue().splitlines()
+    assert json.loads(line)["correlation_id"] == "queued-1"
