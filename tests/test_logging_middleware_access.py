@@ -28,7 +28,9 @@ from gennet_toolkit.logging_middleware import (
     AccessLogMiddleware,
     CorrelationIdMiddleware,
     JsonFormatter,
+    TextFormatter,
     configure_logging,
+    configure_logging_from_env,
     redact_query_string,
     route_template,
 )
@@ -516,6 +518,28 @@ def test_configure_logging_text_mode_and_silenced_uvicorn_access() -> None:
     logging.getLogger("app").warning("two\nlines")
     (line,) = stream.getvalue().splitlines()
     assert line.endswith("WARNING app [-] two\\x0alines")
+
+
+@pytest.mark.usefixtures("clean_logging")
+def test_configure_logging_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SVC_LOG_LEVEL", "warning")
+    monkeypatch.setenv("SVC_LOG_FORMAT", "text")
+    monkeypatch.setenv("SVC_LOG_UVICORN_ACCESS", "0")
+    stream = io.StringIO()
+    handler = configure_logging_from_env("SVC_", stream=stream)
+    assert isinstance(handler.formatter, TextFormatter)
+    assert logging.getLogger().level == logging.WARNING
+    assert logging.getLogger("uvicorn.access").level == logging.WARNING
+    monkeypatch.setenv("SVC_LOG_FORMAT", "xml")
+    with pytest.raises(ValueError, match="LOG_FORMAT"):
+        configure_logging_from_env("SVC_")
+    monkeypatch.setenv("SVC_LOG_FORMAT", "json")
+    monkeypatch.setenv("SVC_LOG_LEVEL", "chatty")
+    with pytest.raises(ValueError, match="LOG_LEVEL"):
+        configure_logging_from_env("SVC_")
+    monkeypatch.delenv("SVC_LOG_LEVEL")
+    assert isinstance(configure_logging_from_env("SVC_", stream=stream).formatter, JsonFormatter)
+    assert logging.getLogger().level == logging.INFO
 
 
 @pytest.mark.slow

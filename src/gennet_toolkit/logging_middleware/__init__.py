@@ -44,6 +44,7 @@ from gennet_toolkit.logging_middleware._records import (
     TextFormatter,
     add_correlation_id,
     configure_logging,
+    configure_logging_from_env,
     current_trace_ids,
 )
 
@@ -63,6 +64,7 @@ __all__ = [
     "JsonFormatter",
     "TextFormatter",
     "configure_logging",
+    "configure_logging_from_env",
     "current_trace_ids",
     # access log
     "AccessLogMiddleware",

@@ -145,7 +145,8 @@ class AccessLogMiddleware:
 
     The record's message is ``"GET /items/{item_id} 200 1.2ms"``; its ``extra`` fields
     are ``method``, ``route`` (template, ``None`` if unmatched), ``path``, ``query``
-    (sensitive values redacted), ``status``, ``duration_ms`` (to the last body byte,
+    (sensitive values redacted), ``status`` (0 if the app sent no response),
+    ``duration_ms`` (to the last body byte,
     excluding background tasks), ``bytes_sent``, ``client``, ``correlation_id``,
     ``trace_id`` and, if ``log_headers`` names any, ``headers`` (sensitive ones
     redacted). Use :class:`JsonFormatter` to see them all.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ __all__ = [
     "TextFormatter",
     "add_correlation_id",
     "configure_logging",
+    "configure_logging_from_env",
     "current_trace_ids",
 ]
 
@@ -245,3 +247,25 @@ def configure_logging(
     if not uvicorn_access:
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     return handler
+
+
+def configure_logging_from_env(
+    prefix: str = "GENNET_", *, stream: IO[str] | None = None
+) -> logging.Handler:
+    """:func:`configure_logging` from ``{prefix}LOG_LEVEL`` (default ``INFO``),
+    ``{prefix}LOG_FORMAT`` (``json``, the default, or ``text``) and
+    ``{prefix}LOG_UVICORN_ACCESS`` (``0`` silences uvicorn's access log).
+    """
+    level = os.environ.get(f"{prefix}LOG_LEVEL", "").strip().upper() or "INFO"
+    if level not in logging.getLevelNamesMapping():
+        raise ValueError(f"{prefix}LOG_LEVEL: unknown level {level!r}")
+    fmt = os.environ.get(f"{prefix}LOG_FORMAT", "").strip().lower() or "json"
+    if fmt not in {"json", "text"}:
+        raise ValueError(f"{prefix}LOG_FORMAT must be 'json' or 'text', got {fmt!r}")
+    access = os.environ.get(f"{prefix}LOG_UVICORN_ACCESS", "").strip().lower()
+    return configure_logging(
+        level,
+        json=fmt == "json",
+        stream=stream,
+        uvicorn_access=access not in {"0", "false", "no", "off"},
+    )
