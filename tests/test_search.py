@@ -600,6 +600,13 @@ def test_relation_paths_are_exists_subqueries_without_duplicate_rows(engine: Any
 
 def test_results_are_ordered_by_primary_key_without_a_sort(engine: Any) -> None:
     assert ids(engine, "weight__gte=0.1") == [1, 2, 3, 5, 6, 7]
+    assert ids(engine, "weight__gte=0.1&sort=-weight")[-1] == 5
+    assert len(FS.apply(select(Gene), "sort=-weight").order_by) == 2
+
+
+def test_sorting_by_the_primary_key_adds_no_second_tiebreak() -> None:
+    result = FS.apply(select(Gene), "sort=-id")
+    assert [str(c) for c in result.order_by] == ["search_genes.id DESC"]
 
 
 def test_filters_work_on_a_core_table(engine: Any) -> None:
@@ -699,6 +706,27 @@ def test_postgres_search_uses_the_gin_index(database: Database, engine: Any) -> 
         compiled = result.select.compile(engine)
         plan = conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params).scalars().all()
     assert any("ix_search_genes_fulltext" in line for line in plan), plan
+
+
+def test_a_stored_tsvector_column_is_searched_and_kept_current(
+    database: Database, engine: Any
+) -> None:
+    spec = FullText(("symbol", "description"), vector_column="search_vector")
+    create_search_index(engine, Gene, spec)
+    create_search_index(engine, Gene, spec)  # idempotent
+    fs = FilterSet(Gene, {"kind": "eq"}, searchable=spec)
+    assert ids(engine, {"q": "receptor protein"}, fs) == [4]
+    with engine.begin() as conn:
+        conn.execute(update(Gene).where(Gene.id == 4).values(description="xylose"))
+    assert ids(engine, {"q": "receptor"}, fs) == []
+    assert ids(engine, {"q": "xylose", "kind": "tf"}, fs) == [4]
+    if database.kind == "postgres":
+        result = fs.apply(select(Gene.id), {"q": "xylose"}, dialect="postgresql")
+        with engine.connect() as conn:
+            conn.execute(text("SET enable_seqscan = off"))
+            compiled = result.select.compile(engine)
+            plan = conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params)
+            assert any("ix_search_genes_search_vector" in line for line in plan.scalars())
 
 
 @pytest.mark.anyio

