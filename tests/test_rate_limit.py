@@ -599,10 +599,19 @@ async def test_decorator_and_middleware_headers_merge_without_duplicates() -> No
     )
     async with client_for(app) as client:
         response = await client.get("/login")
+        for _ in range(2):
+            await client.get("/login")
+        refused = await client.get("/login")
     assert response.headers.get_list("RateLimit-Policy") == [
         '"global";q=100;w=60, "login";q=3;w=60'
     ]
     assert len(response.headers.get_list("RateLimit")) == 1
+    # The decorator's own 429 is merged too: one field of each, one Retry-After.
+    assert refused.status_code == 429
+    assert refused.headers.get_list("RateLimit-Policy") == ['"global";q=100;w=60, "login";q=3;w=60']
+    assert refused.headers.get_list("RateLimit")[0].startswith('"global";r=96;')
+    assert len(refused.headers.get_list("RateLimit")) == 1
+    assert len(refused.headers.get_list("Retry-After")) == 1
 
 
 async def test_decorated_fastapi_endpoint_and_sync_endpoint() -> None:
@@ -713,3 +722,57 @@ def test_problem_body_is_valid_json_with_no_traceback() -> None:
     assert body["instance"] == "/x"
     assert "Traceback" not in payload.decode()
     assert (b"retry-after", str(body["detail"].split()[-2]).encode()) in headers
+
+
+class CountingDownBackend(MemoryBackend):
+    """A backend whose every rate-limit call fails, counting the attempts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def sliding_window(self, key: str, limit: int, period: float, cost: int = 1) -> Any:
+        self.calls += 1
+        raise ConnectionError("down")
+
+
+async def test_outage_backoff_stops_calling_a_failed_backend(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    down = CountingDownBackend()
+    app = RateLimitMiddleware(
+        starlette_app(), RateLimiter(down, outage_backoff=60), rules=[Rule("1/minute")]
+    )
+    closed_backend = CountingDownBackend()
+    closed = RateLimitMiddleware(
+        starlette_app(),
+        RateLimiter(closed_backend, fail_open=False, outage_backoff=60),
+        rules=[Rule("1/minute")],
+    )
+    async with client_for(app) as client, client_for(closed) as closed_client:
+        assert [(await client.get("/")).status_code for _ in range(4)] == [200] * 4
+        assert [(await closed_client.get("/")).status_code for _ in range(3)] == [503] * 3
+    assert down.calls == 1
+    assert closed_backend.calls == 1
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 2
+
+
+async def test_without_backoff_every_request_tries_the_backend_again() -> None:
+    down = CountingDownBackend()
+    app = RateLimitMiddleware(starlette_app(), RateLimiter(down), rules=[Rule("1/minute")])
+    async with client_for(app) as client:
+        for _ in range(3):
+            await client.get("/")
+    assert down.calls == 3
+
+
+def test_limiter_options_are_validated() -> None:
+    with pytest.raises(ConfigurationError):
+        RateLimiter(MemoryBackend(), prefix="app:")  # the prefix belongs on the backend
+    with pytest.raises(ConfigurationError):
+        RateLimiter(outage_backoff=-1)
+    with pytest.raises(ConfigurationError):
+        RateLimiter().hit_sync("1/second;5/minute", "k")  # hit() takes one limit
+    limiter = RateLimiter("memory://", prefix="app:")
+    assert limiter.backend.prefix == "app:"
+    limiter.close()

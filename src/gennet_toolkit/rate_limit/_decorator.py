@@ -158,9 +158,9 @@ def rate_limited(
                     return refused(exc, scope, None)
                 if decision.degraded:
                     return await afn(*args, **kwargs)
+                middleware = record(scope, decision)
                 if not decision.allowed:
                     return refused(exceeded(decision), scope, decision)
-                middleware = record(scope, decision)
                 return finish(await afn(*args, **kwargs), scope, decision, middleware)
 
             return cast(Callable[P, R], async_wrapper)
@@ -177,9 +177,9 @@ def rate_limited(
                 return refused(exc, scope, None)
             if decision.degraded:
                 return fn(*args, **kwargs)
+            middleware = record(scope, decision)
             if not decision.allowed:
                 return refused(exceeded(decision), scope, decision)
-            middleware = record(scope, decision)
             return finish(fn(*args, **kwargs), scope, decision, middleware)
 
         return cast(Callable[P, R], sync_wrapper)

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -80,8 +81,10 @@ class RateLimiter:
     weighted counter, the default), ``"fixed_window"`` or ``"token_bucket"`` (GCRA). With
     ``fail_open=True`` a backend outage lets requests through; with ``False`` they get
     503. Either way the outage is logged once, and its end once. ``prefix`` goes in
-    front of every key when ``backend`` is a URL. Every check is one backend call (one
-    Lua round trip on Redis); async methods never block the loop.
+    front of every key when ``backend`` is a URL. ``outage_backoff`` (seconds, default
+    0: off) stops calling a failed backend for that long, so an unreachable host does
+    not cost each request a connect timeout. Every check is one backend call (one Lua
+    round trip on Redis); async methods never block the loop.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class RateLimiter:
         strategy: Strategy = "sliding_window",
         fail_open: bool = True,
         prefix: str = "",
+        outage_backoff: float = 0.0,
     ) -> None:
         op = _OPERATIONS.get(strategy)
         if op is None:
@@ -110,7 +114,11 @@ class RateLimiter:
         self._op_name = op
         self._op: AsyncOp = getattr(self.backend, op)
         self._sync_op: SyncOp | None = None
+        if not outage_backoff >= 0:
+            raise ConfigurationError(f"outage_backoff must be >= 0 seconds, got {outage_backoff!r}")
+        self.outage_backoff = outage_backoff
         self._down = False
+        self._skip_until = 0.0
         self._health_lock = threading.Lock()
 
     @classmethod
@@ -147,6 +155,8 @@ class RateLimiter:
         down and ``fail_open=False``. ``cost=0`` only peeks.
         """
         lim = limit if isinstance(limit, Limit) else _single(limit)
+        if self._down and self._backing_off():
+            return None
         try:
             result = await self._op(storage_key(key) + lim.suffix, lim.amount, lim.period, cost)
         except Exception as exc:  # any backend failure is an outage, never a 500
@@ -177,11 +187,20 @@ class RateLimiter:
         if self._owns_backend:
             await self.backend.aclose()
 
+    def close(self) -> None:
+        """Close the backend's blocking connections if this limiter created it from a URL."""
+        if self._owns_backend:
+            close = getattr(self.backend, "close", None)
+            if close is not None:
+                close()
+
     # ------------------------------------------------------------------ sync
 
     def hit_sync(self, limit: Limit | str, key: str, *, cost: int = 1) -> RateLimitResult | None:
         """The blocking form of :meth:`hit`, for sync functions and worker threads."""
         lim = limit if isinstance(limit, Limit) else _single(limit)
+        if self._down and self._backing_off():
+            return None
         try:
             op = self._sync_op
             if op is None:
@@ -208,10 +227,22 @@ class RateLimiter:
 
     # ------------------------------------------------------------------ outages
 
+    def _backing_off(self) -> bool:
+        """Within ``outage_backoff`` of a failure: skip the backend (pass or raise 503)."""
+        if time.monotonic() >= self._skip_until:
+            return False
+        if not self.fail_open:
+            raise ServiceUnavailable(
+                "Rate limiting is temporarily unavailable; retry shortly.", retry_after=1
+            )
+        return True
+
     def _failed(self, exc: Exception) -> None:
         with self._health_lock:
             first = not self._down
             self._down = True
+            if self.outage_backoff:
+                self._skip_until = time.monotonic() + self.outage_backoff
         if first:
             cause = exc.__cause__ or exc
             logger.warning(
