@@ -23,7 +23,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse as FastJSONResponse
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
@@ -927,6 +927,18 @@ def test_json_formatter_core_fields_ids_static_and_extra() -> None:
     assert data["genes"] == ["lacZ"]
     assert data["obj"] == "<opaque>"
     assert "exception" not in data
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+@example(1764362796.541)  # 1764362796540999.8 µs: truncating instead of rounding shows .540
+@example(1764362796.9999996)  # rounds up into the next second
+def test_json_timestamps_match_datetime_isoformat(created: float) -> None:
+    from datetime import UTC, datetime
+
+    record = make_record()
+    record.created = created
+    expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    assert json.loads(JsonFormatter().format(record))["timestamp"] == expected[:-6] + "Z"
 
 
 def test_json_formatter_extra_cannot_replace_core_fields() -> None:

@@ -128,16 +128,18 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as one line of JSON (no trailing newline)."""
         out: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "timestamp": _utc_timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
         fields = record.__dict__
         if "correlation_id" in fields:
-            ids: tuple[Any, ...] = tuple(fields.get(k) for k in _ID_FIELDS)
+            ids: tuple[Any, ...] = (
+                fields["correlation_id"],
+                fields.get("trace_id"),
+                fields.get("span_id"),
+            )
         else:
             ids = (correlation_id_var.get(), *current_trace_ids())
         for key, value in zip(_ID_FIELDS, ids, strict=True):
@@ -146,9 +148,8 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         for key, value in self.static_fields.items():
             out.setdefault(key, value)
-        for key, value in fields.items():
-            if key not in _RECORD_ATTRS:
-                out.setdefault(key, value)
+        for key in [k for k in fields if k not in _RECORD_ATTRS]:
+            out.setdefault(key, fields[key])
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             if not record.exc_text:
@@ -160,7 +161,24 @@ class JsonFormatter(logging.Formatter):
             }
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, default=repr)
+        return _encode(out)
+
+
+# ensure_ascii (the default) keeps every line break and separator escaped.
+_encode = json.JSONEncoder(default=repr).encode
+# (second, "YYYY-MM-DDTHH:MM:SS"), replaced as one tuple so threads never see a torn pair.
+_second_cache: list[tuple[int, str]] = [(-1, "")]
+
+
+def _utc_timestamp(created: float) -> str:
+    # ISO 8601 in UTC with milliseconds, as datetime would print it (microseconds rounded,
+    # then truncated); the part up to the second is reused within a second.
+    second, micros = divmod(round(created * 1_000_000), 1_000_000)
+    cached_second, text = _second_cache[0]
+    if cached_second != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache[0] = (second, text)
+    return f"{text}.{micros // 1000:03d}Z"
 
 
 # C0 controls, DEL, NEL and the Unicode line/paragraph separators: what a terminal or a
