@@ -203,6 +203,18 @@ def test_by_ip_takes_the_right_most_untrusted_hop_from_a_trusted_proxy() -> None
     assert key(scope) == "198.51.100.9"
 
 
+def test_by_ip_called_with_keywords_gives_a_configured_copy() -> None:
+    key = by_ip(trusted_proxies=["10.0.0.0/8"])
+    assert isinstance(key, ClientIP)
+    scope = scope_with(client=("10.0.0.5", 1), headers=[("X-Forwarded-For", "192.0.2.4")])
+    assert key(scope) == "192.0.2.4"
+    assert by_ip(scope) == "10.0.0.5"  # the shared default is unchanged
+    with pytest.raises(ConfigurationError):
+        by_ip(trusted_proxies=["10.0.0.0/33"])
+    with pytest.raises(TypeError):
+        by_ip()
+
+
 def test_by_ip_ignores_proxy_headers_from_an_untrusted_peer() -> None:
     key = by_ip.trusting("10.0.0.0/8")
     scope = scope_with(client=("198.51.100.50", 1), headers=[("X-Forwarded-For", "1.2.3.4")])

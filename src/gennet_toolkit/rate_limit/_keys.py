@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from gennet_toolkit.exceptions import ConfigurationError
 
@@ -173,6 +173,41 @@ class ClientIP(Key):
         self._v6_prefix = ipv6_prefix
         super().__init__(self._client_ip, name="ip")
 
+    @overload
+    def __call__(self, scope: Mapping[str, Any], /) -> str | None: ...
+
+    @overload
+    def __call__(
+        self,
+        *,
+        trusted_proxies: Iterable[str] = ...,
+        header: Literal["x-forwarded-for", "forwarded"] = ...,
+        ipv6_prefix: int = ...,
+    ) -> ClientIP: ...
+
+    def __call__(
+        self,
+        scope: Mapping[str, Any] | None = None,
+        *,
+        trusted_proxies: Iterable[str] | None = None,
+        header: Literal["x-forwarded-for", "forwarded"] | None = None,
+        ipv6_prefix: int | None = None,
+    ) -> str | ClientIP | None:
+        """The client address for ``scope``; or, called with keywords only, a configured
+        copy: ``by_ip(trusted_proxies=["10.0.0.0/8"])``."""
+        configured = (trusted_proxies, header, ipv6_prefix) != (None, None, None)
+        if scope is not None:
+            if configured:
+                raise TypeError("pass either a scope or configuration keywords, not both")
+            return self._client_ip(scope)
+        if not configured:
+            raise TypeError("by_ip() needs a scope, or keywords to configure a copy")
+        return ClientIP(
+            trusted_proxies=self.trusted_proxies if trusted_proxies is None else trusted_proxies,
+            header=self.header if header is None else header,
+            ipv6_prefix=self._v6_prefix if ipv6_prefix is None else ipv6_prefix,
+        )
+
     def trusting(self, *networks: str) -> ClientIP:
         """A copy that also trusts proxy headers from ``networks`` (CIDRs or addresses)."""
         return ClientIP(
@@ -245,7 +280,7 @@ class ClientIP(Key):
 
 
 #: Key by client address (``scope["client"]``); trusts no proxy header. Configure proxies
-#: with ``by_ip.trusting("10.0.0.0/8")`` or :class:`ClientIP`.
+#: with ``by_ip(trusted_proxies=["10.0.0.0/8"])`` (a configured copy) or :class:`ClientIP`.
 by_ip = ClientIP()
 
 

@@ -137,6 +137,11 @@ class RateLimitMiddleware:
                 )
                 return
 
+        if self.headers is None:
+            # Decorated endpoints then write their own headers, if they want any.
+            await self.app(scope, receive, send)
+            return
+        mode = self.headers
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
@@ -144,10 +149,6 @@ class RateLimitMiddleware:
         shared: list[Decision] = state.setdefault(STATE_KEY, [])
         shared.extend(decisions)
         own = len(decisions)
-        if self.headers is None:
-            await self.app(scope, receive, send)
-            return
-        mode = self.headers
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
