@@ -280,3 +280,33 @@ async def test_fail_closed_answers_503_during_the_outage_and_recovers(
     assert back.status_code == 200
     assert back.headers["RateLimit"].startswith('"default";r=4')
     assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+
+
+@pytest.mark.slow
+def test_decorated_sync_function_on_redis_fails_open_then_limits_again(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gennet_toolkit.exceptions import RateLimitExceeded
+    from gennet_toolkit.rate_limit import rate_limited
+
+    limiter = RateLimiter(redis_server.url, strategy="token_bucket")
+
+    @rate_limited("2/minute", key=lambda gene: gene, limiter=limiter)
+    def annotate(gene: str) -> str:
+        return gene.upper()
+
+    try:
+        assert [annotate("lacz"), annotate("lacz")] == ["LACZ", "LACZ"]
+        with pytest.raises(RateLimitExceeded):
+            annotate("lacz")
+        redis_server.stop()
+        assert [annotate("lacz") for _ in range(3)] == ["LACZ"] * 3
+        redis_server.start()
+        assert [annotate("lacz"), annotate("lacz")] == ["LACZ", "LACZ"]
+        with pytest.raises(RateLimitExceeded):
+            annotate("lacz")
+    finally:
+        limiter.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "unavailable" in m]) == 1
+    assert len([m for m in messages if "recovered" in m]) == 1

@@ -261,7 +261,7 @@ class RateLimiter:
             was_down = self._down
             self._down = False
         if was_down:
-            logger.info("rate limiting backend recovered; limits apply again")
+            logger.warning("rate limiting backend recovered; limits apply again")
 
 
 def _single(text: str) -> Limit:
