@@ -357,3 +357,14 @@ async def test_a_5xx_the_app_returns_on_purpose_is_passed_through() -> None:
     assert r.status_code == 503
     assert r.text == "maintenance"
     assert r.headers["retry-after"] == "60"
+
+
+async def test_instance_is_the_full_path_under_a_mount() -> None:
+    from starlette.routing import Mount
+
+    inner = Starlette(routes=ROUTES)
+    outer = Starlette(routes=[Mount("/api", app=inner)])
+    async with client(ErrorHandlerMiddleware(outer)) as c:
+        r = await c.get("/api/missing")
+    assert r.status_code == 404
+    assert r.json()["instance"] == "/api/missing"

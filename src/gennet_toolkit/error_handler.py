@@ -146,7 +146,8 @@ def problem_response(
     """
     error = to_gennet_error(exc)
     if instance is None and scope is not None:
-        instance = scope.get("root_path", "") + scope.get("path", "")
+        # ASGI servers and Starlette mounts already include root_path in path.
+        instance = scope.get("path", "")
     cid = _correlation_id(scope)
     body = error.to_problem(instance=instance, correlation_id=cid)
     if debug:
