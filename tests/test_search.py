@@ -419,11 +419,41 @@ def test_sql_uses_an_explicit_escape_and_bound_parameters() -> None:
         {"regulates.target": "eq"},
         {"regulates.target.symbol": Field(ops=("eq",), sortable=True)},
         {"a__b": "eq"},
+        {"id": Field(type=str)},
+        {"weight": Field(type=dt.date)},
+        {"kind": Field(type=str)},
     ],
 )
 def test_bad_declarations_fail_at_construction(spec: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         FilterSet(Gene, spec)
+
+
+def test_declared_types_may_narrow_numbers_and_name_the_enum() -> None:
+    fs = FilterSet(Gene, {"weight": Field(ops=("gte",), type=int), "kind": Field(type=Kind)})
+    result = fs.apply(select(Gene), "weight__gte=1&kind=tf")
+    assert result.filters == (("kind", "eq", ("tf",)), ("weight", "gte", ("1",)))
+    assert fs.describe() == {
+        "filters": {"weight": ["gte"], "kind": ["eq"]},
+        "sortable": [],
+        "searchable": False,
+    }
+
+
+def test_decimal_values_are_bounded() -> None:
+    from decimal import Decimal
+
+    from sqlalchemy import Column, MetaData, Numeric, Table
+
+    table = Table(
+        "prices", MetaData(), Column("id", Integer, primary_key=True), Column("p", Numeric(10, 2))
+    )
+    fs = FilterSet(table, {"p": "gte"})
+    assert fs.apply(select(table), "p__gte=1.50").filters == (("p", "gte", ("1.5",)),)
+    assert isinstance(fs.parse("p__gte=2").clauses[("p", "gte")][0], Decimal)
+    for bad in ("1e999999999", "1" * 41, "NaN", "1.2.3"):
+        with pytest.raises(InvalidFilter):
+            fs.apply(select(table), [("p__gte", bad)])
 
 
 def test_default_sort_must_be_sortable() -> None:
@@ -852,3 +882,46 @@ def test_a_cursor_from_another_filter_is_rejected(engine: Any) -> None:
                 fingerprint=other.fingerprint,
             )
     assert info.value.status_code == 400
+
+
+def test_default_sort_applies_only_without_sort_or_search(engine: Any) -> None:
+    fs = gene_filters(default_sort=["-weight"])
+    assert ids(engine, "weight__gte=0.5", fs) == [1, 2, 3]
+    assert ids(engine, "weight__gte=0.5&sort=symbol", fs) == [1, 3, 2]
+    assert ids(engine, "q=protein&sort=id", fs) == [1, 4]
+
+
+@pytest.mark.anyio
+async def test_fastapi_endpoint_answers_200_and_problem_json_400(engine: Any) -> None:
+    from fastapi import FastAPI
+
+    from gennet_toolkit.error_handler import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/genes")
+    def list_genes(request: Request) -> dict[str, Any]:
+        with Session(engine) as session:
+            result = FS.apply(select(Gene), request.query_params, dialect=session)
+            return {"data": [g.symbol for g in session.scalars(result.select)]}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        ok = await client.get("/genes?filter[symbol][in]=lacZ,crp&q=protein")
+        bad = await client.get("/genes?filter[password_hash]=" + SECRET)
+    assert ok.status_code == 200
+    assert ok.json() == {"data": ["crp"]}
+    assert bad.status_code == 400
+    assert bad.headers["content-type"].startswith(PROBLEM)
+    assert bad.json()["errors"][0]["parameter"] == "filter[password_hash]"
+    assert SECRET not in bad.text
+
+
+def test_filters_only_narrow_an_already_authorised_select(engine: Any) -> None:
+    # Authorisation stays in SQL, before any LIMIT: filters are ANDed onto it.
+    visible = select(Gene.id).where(Gene.kind == Kind.GENE)
+    result = FS.apply(visible, "symbol__startswith=lac&q=lactose", dialect=engine)
+    with engine.connect() as conn:
+        assert list(conn.scalars(result.select)) == [3]
+        assert list(conn.scalars(FS.apply(visible, "kind=tf").select)) == []

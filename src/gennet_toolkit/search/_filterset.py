@@ -260,6 +260,8 @@ class FilterSet:
             )
         sql_type = getattr(column, "type", None)
         py_type = spec.type if spec.type is not None else self._infer_type(name, sql_type)
+        if spec.type is not None:
+            self._check_declared_type(name, spec.type, sql_type)
         if not (
             py_type in SUPPORTED_TYPES
             or (isinstance(py_type, type) and issubclass(py_type, enum.Enum))
@@ -281,6 +283,22 @@ class FilterSet:
             py_type, max_length=self.max_value_length, int_bits=bits, timezone=timezone
         )
         return _Compiled(name, ops, sortable, parse, column, relations, uselist, py_type is str)
+
+    @classmethod
+    def _check_declared_type(cls, name: str, declared: Any, sql_type: Any) -> None:
+        # A value of another type than the column's is a database error on PostgreSQL
+        # (integer = varchar): refuse it here rather than answer requests with a 500.
+        try:
+            column_type = cls._infer_type(name, sql_type)
+        except ConfigurationError:
+            return  # a custom column type: trust the declaration
+        numbers = (int, float, decimal.Decimal)
+        if declared is column_type or (declared is int and column_type in numbers):
+            return
+        raise ConfigurationError(
+            f"search: {name}: type {getattr(declared, '__name__', declared)} does not match "
+            f"the column ({getattr(column_type, '__name__', column_type)})"
+        )
 
     @staticmethod
     def _infer_type(name: str, sql_type: Any) -> Any:
