@@ -70,9 +70,20 @@ class ProblemResponse(Response):
 def _unwrap(exc: BaseException) -> BaseException:
     # anyio task groups (Starlette's streaming and background machinery) wrap a single
     # failure in an ExceptionGroup; the one inside is what the client's error is about.
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    while True:
+        if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        elif (
+            # Starlette's ExceptionMiddleware, when an inner app (a Mount) already started
+            # its own error response, raises this RuntimeError from inside its except
+            # block: the exception the client's error is about is the context.
+            type(exc) is RuntimeError
+            and exc.__context__ is not None
+            and str(exc).startswith("Caught handled exception")
+        ):
+            exc = exc.__context__
+        else:
+            return exc
 
 
 def to_gennet_error(exc: BaseException) -> GenNetError:
