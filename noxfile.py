@@ -39,9 +39,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON[0])
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on src/ with every extra installed."""
+    """mypy --strict on src/ with every extra (and the OpenTelemetry SDK) installed."""
     session.install(
-        "-e", ".[all]", "mypy>=1.10", "types-redis", "types-jsonschema", "types-cachetools"
+        "-e", ".[all,test]", "mypy>=1.10", "types-redis", "types-jsonschema", "types-cachetools"
     )
     session.run("mypy", "--strict", "src")
 

@@ -119,8 +119,15 @@ def check(module: str) -> list[str]:
 
 _BARE_PROBE = """
 import importlib, sys
-mod = sys.argv[1]
-importlib.import_module(mod)
+mod, extras = sys.argv[1], sys.argv[2].split(",") if sys.argv[2] else []
+try:
+    importlib.import_module(mod)
+except ImportError as exc:
+    # A module built on its extra (SQLAlchemy for the data modules) may refuse to import,
+    # but only with the hint that names that extra.
+    if not any(f'pip install "gennet-toolkit[{e}]"' in str(exc) for e in extras):
+        raise
+    raise SystemExit(0)
 if mod == "gennet_toolkit.backends":
     from gennet_toolkit.backends import from_url
     try:
@@ -135,7 +142,10 @@ if mod == "gennet_toolkit.backends":
 def check_bare(module: str) -> list[str]:
     """In an environment without any extra: the module imports, and missing extras say so."""
     proc = subprocess.run(
-        [sys.executable, "-c", _BARE_PROBE, module], capture_output=True, text=True, check=False
+        [sys.executable, "-c", _BARE_PROBE, module, ",".join(sorted(ALLOWED[module]))],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
