@@ -925,3 +925,30 @@ def test_filters_only_narrow_an_already_authorised_select(engine: Any) -> None:
     with engine.connect() as conn:
         assert list(conn.scalars(result.select)) == [3]
         assert list(conn.scalars(FS.apply(visible, "kind=tf").select)) == []
+
+
+BOUNDARY_QUERIES = [
+    "id=2147483647",
+    "id__in=-2147483648,0",
+    "weight__gte=1e308",
+    "weight__lte=-1e308",
+    "created_at__gte=2024-01-06T00:00:00%2B14:00",
+    "created_at__lt=0001-01-01T00:00:00",
+    "uid=00000000000000000000000000000003",
+    "symbol__icontains=%25_/\\",
+    "symbol=" + "x" * 256,
+    "q=" + "%22" * 30,
+]
+
+
+@pytest.mark.anyio
+async def test_boundary_values_run_on_the_async_drivers(database: Database, engine: Any) -> None:
+    # asyncpg types parameters from the column (int4, timestamp): bounds must hold there.
+    aengine = database.async_engine()
+    try:
+        async with AsyncSession(aengine) as session:
+            for query in BOUNDARY_QUERIES:
+                result = FS.apply(select(Gene.id), query, dialect=session)
+                assert isinstance((await session.scalars(result.select)).all(), list)
+    finally:
+        await aengine.dispose()

@@ -25,7 +25,7 @@ from gennet_toolkit._optional import require
 
 require("sqlalchemy", extra="sql", feature="gennet_toolkit.search")
 
-from gennet_toolkit.search._filterset import FilterResult, FilterSet  # noqa: E402
+from gennet_toolkit.search._filterset import FilterSet  # noqa: E402
 from gennet_toolkit.search._fulltext import (  # noqa: E402
     FullText,
     create_search_index,
@@ -33,6 +33,7 @@ from gennet_toolkit.search._fulltext import (  # noqa: E402
     postgres_search_ddl,
     sqlite_search_ddl,
 )
+from gennet_toolkit.search._result import FilterResult, ParsedQuery  # noqa: E402
 from gennet_toolkit.search._values import OPERATORS, Field, InvalidFilter  # noqa: E402
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "FilterSet",
     "FullText",
     "InvalidFilter",
+    "ParsedQuery",
     "create_search_index",
     "fts5_query",
     "postgres_search_ddl",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import decimal
 import enum
 import hashlib
@@ -11,7 +10,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
@@ -34,6 +33,7 @@ from sqlalchemy.orm import InstrumentedAttribute, RelationshipProperty
 
 from gennet_toolkit.exceptions import ConfigurationError, FieldError
 from gennet_toolkit.search._fulltext import Deferred, FullText, _Resolved, normalise_query
+from gennet_toolkit.search._result import FilterResult, ParsedQuery, dialect_name, normal_value
 from gennet_toolkit.search._values import (
     COMPARISON_OPERATORS,
     LIKE_OPERATORS,
@@ -48,7 +48,7 @@ from gennet_toolkit.search._values import (
     value_parser,
 )
 
-__all__ = ["FilterResult", "FilterSet"]
+__all__ = ["FilterSet"]
 
 _JSONAPI = re.compile(r"filter\[([^\[\]]+)\](?:\[([^\[\]]+)\])?")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.\[\]-]{1,100}")
@@ -73,44 +73,6 @@ class _Compiled:
     relations: tuple[InstrumentedAttribute[Any], ...]
     uselist: tuple[bool, ...]
     is_text: bool
-
-
-@dataclass(frozen=True, slots=True)
-class FilterResult:
-    """What :meth:`FilterSet.apply` produced.
-
-    ``select`` is the filtered and ordered statement; ``order_by`` the ordering as
-    column expressions with direction (hand it to ``CursorPaginator(order_by=…)``);
-    ``fingerprint`` a stable hash of the normalised filters and search, independent of
-    parameter order (bind cursors to it); ``filters``, ``sort`` and ``search`` are the
-    normalised query, e.g. to echo in a response's ``meta``.
-    """
-
-    select: Select[Any]
-    order_by: list[ColumnElement[Any]]
-    fingerprint: str
-    filters: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
-    sort: tuple[str, ...] = ()
-    search: str | None = None
-
-
-@dataclass(slots=True)
-class _Query:
-    clauses: dict[tuple[str, str], list[object]] = field(default_factory=dict)
-    sort: list[tuple[str, bool]] = field(default_factory=list)
-    search: str | None = None
-
-
-def _normal(value: object) -> str:
-    if isinstance(value, enum.Enum):
-        return str(value.value)
-    if isinstance(value, dt.date | dt.datetime):
-        return value.isoformat()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, decimal.Decimal):
-        return str(value.normalize())
-    return str(value)
 
 
 class FilterSet:
@@ -369,7 +331,7 @@ class FilterSet:
             return pairs
         return [(str(k), str(v)) for k, v in params]
 
-    def parse(self, params: Any) -> _Query:
+    def parse(self, params: Any) -> ParsedQuery:
         """Validate ``params`` (query string, mapping, Starlette ``QueryParams`` or pairs)."""
         pairs = self._pairs(params)
         # Bounded before any per-parameter work: a huge query string costs nothing.
@@ -383,7 +345,7 @@ class FilterSet:
                     )
                 ],
             )
-        query = _Query()
+        query = ParsedQuery()
         errors: list[FieldError] = []
         sort_raw: list[str] = []
         search_raw: list[str] = []
@@ -458,7 +420,7 @@ class FilterSet:
                 raise BadValue("too_many_values", f"At most {self.max_in} values are allowed.")
             parsed = [spec.parse(item) for item in items]
             # Sorted and unique: the same set of values gives the same query and fingerprint.
-            unique = {_normal(v): v for v in parsed}
+            unique = {normal_value(v): v for v in parsed}
             return [unique[k] for k in sorted(unique)]
         if len(raws) > 1:
             raise BadValue("duplicate_value", "The parameter is given more than once.")
@@ -559,7 +521,7 @@ class FilterSet:
         dialect-specific parts is chosen when the statement is compiled.
         """
         query = self.parse(params)
-        name = _dialect_name(dialect) or self.dialect
+        name = dialect_name(dialect) or self.dialect
         conditions = [
             self._condition(self._fields[f], op, values, name)
             for (f, op), values in query.clauses.items()
@@ -584,7 +546,7 @@ class FilterSet:
             stmt = stmt.order_by(*order_by)
         filters = tuple(
             sorted(
-                (f, op, tuple(_normal(v) for v in values))
+                (f, op, tuple(normal_value(v) for v in values))
                 for (f, op), values in query.clauses.items()
             )
         )
@@ -612,21 +574,3 @@ class FilterSet:
             "sortable": sorted(n for n, f in self._fields.items() if f.sortable),
             "searchable": self._fulltext is not None,
         }
-
-
-def _dialect_name(dialect: Any) -> str | None:
-    if dialect is None or isinstance(dialect, str):
-        return dialect
-    for attr in ("dialect", "bind"):
-        inner = getattr(dialect, attr, None)
-        if inner is not None and inner is not dialect:
-            if attr == "dialect":
-                name = getattr(inner, "name", None)
-                if isinstance(name, str):
-                    return name
-            return _dialect_name(inner)
-    name = getattr(dialect, "name", None)
-    if isinstance(name, str):
-        return name
-    sync = getattr(dialect, "sync_engine", None) or getattr(dialect, "sync_session", None)
-    return _dialect_name(sync) if sync is not None else None
