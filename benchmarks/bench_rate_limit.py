@@ -14,6 +14,9 @@ Suites:
   ``RateLimitMiddleware``, with slowapi's ``SlowAPIMiddleware`` (BaseHTTPMiddleware) and
   ``SlowAPIASGIMiddleware``, and with each library's per-route decorator. Both emit
   rate-limit headers (slowapi ``headers_enabled=True``).
+- ``rate_limit-concurrency-redis``: 20 concurrent requests through each middleware with
+  Redis behind a loopback proxy adding 2 ms each way, and the longest event-loop stall
+  meanwhile (slowapi calls the blocking ``limits`` storage from async code).
 
 Redis is ``REDIS_URL`` (default ``redis://127.0.0.1:6379/15``); keys live under a per-run
 prefix deleted at the end. Without Redis only the memory suites run.
@@ -24,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -232,6 +237,144 @@ def middleware_suite(name: str, description: str, ours_url: str, slowapi_uri: st
         limiter.close()
 
 
+class LatencyProxy:
+    """A loopback TCP proxy to Redis adding ``delay`` seconds each way (a remote Redis)."""
+
+    def __init__(self, host: str, port: int, delay: float) -> None:
+        self.host, self.target_port, self.delay = host, port, delay
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._started.set()
+        self._loop.run_forever()
+        server.close()
+        self._loop.run_until_complete(server.wait_closed())
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    await asyncio.sleep(self.delay)
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            # Shutdown: end quietly (asyncio's stream callback reports a cancelled handler).
+            writer.close()
+            up_writer.close()
+
+    def __enter__(self) -> LatencyProxy:
+        self._thread.start()
+        self._started.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _shutdown(self) -> None:
+        # Connections the benchmark left open end here, before the loop stops.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def concurrency_suite(delay: float = 0.002, concurrency: int = 20) -> None:
+    """Concurrent requests through a Redis with real latency: does the limiter block?"""
+    from slowapi import Limiter, _rate_limit_exceeded_handler
+    from slowapi.errors import RateLimitExceeded as SlowAPIExceeded
+    from slowapi.middleware import SlowAPIASGIMiddleware
+    from slowapi.util import get_remote_address
+
+    parts = urlsplit(REDIS_URL)
+    with LatencyProxy(parts.hostname or "127.0.0.1", parts.port or 6379, delay) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}{parts.path or '/0'}"
+        ours_limiter = RateLimiter(url, strategy="fixed_window", prefix=PREFIX)
+        ours = thirty_route_app()
+        ours.add_middleware(RateLimitMiddleware, limiter=ours_limiter, rules=[Rule(BIG)])
+        slow = thirty_route_app()
+        slow.state.limiter = Limiter(
+            key_func=get_remote_address,
+            default_limits=[BIG],
+            headers_enabled=True,
+            storage_uri=url,
+            storage_options={"key_prefix": PREFIX + "slowapi"},
+            strategy="fixed-window",
+        )
+        slow.add_exception_handler(SlowAPIExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+        slow.add_middleware(SlowAPIASGIMiddleware)
+        scope = make_scope("/items/7")
+
+        def batch_of(app: Any) -> Any:
+            one = request_driver(app, scope)
+
+            async def batch() -> None:
+                await asyncio.gather(*(one() for _ in range(concurrency)))
+
+            return batch
+
+        suite = Suite(
+            "rate_limit-concurrency-redis",
+            description=(
+                f"{concurrency} concurrent GETs through a 30-route Starlette app, Redis "
+                f"behind a proxy adding {delay * 1e3:.0f} ms each way, vs slowapi"
+            ),
+            rounds=5,
+        )
+        suite.add("ours middleware", batch_of(ours))
+        suite.add("slowapi ASGI middleware", batch_of(slow))
+        suite.compare("ours middleware", "slowapi ASGI middleware")
+        for label, batch in (("ours", batch_of(ours)), ("slowapi", batch_of(slow))):
+            p95, worst = asyncio.run(_stalls(batch, ours_limiter))
+            suite.note(
+                f"{label}: event-loop stall while batches run (a 1 ms sleep's overshoot): "
+                f"p95 {p95 * 1e3:.1f} ms, max {worst * 1e3:.1f} ms"
+            )
+        suite.note("slowapi runs the sync limits storage on the event loop, one request at a time.")
+        results = suite.run()
+        for label, r in results.items():
+            print(f"{label}: {concurrency / r.median:,.0f} requests/s")
+        ours_limiter.close()
+
+
+async def _stalls(batch: Any, limiter: RateLimiter, batches: int = 3) -> tuple[float, float]:
+    """How far a 1 ms sleep overshoots while ``batch`` runs: (95th percentile, max)."""
+    overshoots: list[float] = []
+    done = False
+
+    async def probe() -> None:
+        while not done:
+            start = time.perf_counter()
+            await asyncio.sleep(0.001)
+            overshoots.append(time.perf_counter() - start - 0.001)
+
+    await batch()  # warm-up: connections, scripts
+    task = asyncio.create_task(probe())
+    for _ in range(batches):
+        await batch()
+    done = True
+    await task
+    await limiter.aclose()  # this loop's connections end with it
+    overshoots.sort()
+    return overshoots[int(len(overshoots) * 0.95)], overshoots[-1]
+
+
 def cleanup() -> None:
     """Delete every key this run wrote."""
     import redis
@@ -275,6 +418,7 @@ def main() -> None:
                 REDIS_URL,
                 REDIS_URL,
             )
+            concurrency_suite()
         finally:
             cleanup()
     # Closed loops leave nothing behind for the next suite.
