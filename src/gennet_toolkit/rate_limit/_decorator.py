@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 
 from gennet_toolkit.exceptions import ConfigurationError, GenNetError, ServiceUnavailable
@@ -91,8 +91,8 @@ def rate_limited(
         namespace = f"fn:{fn.__module__}.{fn.__qualname__}:{rule.name}:"
         conn_param = _connection_param(fn)
         constant = key if isinstance(key, str) else ("*" if key is None else None)
-        scope_key: Callable[[Mapping[str, Any]], str | None] = (
-            by_ip if key is None else cast(Callable[[Mapping[str, Any]], "str | None"], key)
+        scope_key: Callable[[Any], str | None] = (
+            by_ip if key is None else cast(Callable[[Any], "str | None"], key)
         )
         if isinstance(key, str):
             scope_key = lambda scope: key  # noqa: E731

@@ -30,7 +30,7 @@ class Key:
 
     __slots__ = ("_fn", "name")
 
-    def __init__(self, fn: Callable[[Mapping[str, Any]], str | None], *, name: str) -> None:
+    def __init__(self, fn: Callable[[Any], str | None], *, name: str) -> None:
         self._fn = fn
         self.name = name
 
@@ -38,7 +38,7 @@ class Key:
         """The identity for this request, or ``None`` when there is none."""
         return self._fn(scope)
 
-    def __or__(self, other: Callable[[Mapping[str, Any]], str | None]) -> Key:
+    def __or__(self, other: Callable[[Any], str | None]) -> Key:
         first, second = self, _as_key(other)
 
         def either(scope: Mapping[str, Any]) -> str | None:
@@ -50,7 +50,7 @@ class Key:
 
         return Key(either, name=f"{first.name}|{second.name}")
 
-    def __and__(self, other: Callable[[Mapping[str, Any]], str | None]) -> Key:
+    def __and__(self, other: Callable[[Any], str | None]) -> Key:
         first, second = self, _as_key(other)
 
         def both(scope: Mapping[str, Any]) -> str | None:
@@ -66,7 +66,7 @@ class Key:
         return f"Key({self.name!r})"
 
 
-def _as_key(fn: Callable[[Mapping[str, Any]], str | None]) -> Key:
+def _as_key(fn: Callable[[Any], str | None]) -> Key:
     if isinstance(fn, Key):
         return fn
     if not callable(fn):

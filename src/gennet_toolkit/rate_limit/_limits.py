@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from gennet_toolkit.exceptions import ConfigurationError
+from gennet_toolkit.types import Scope
 
 __all__ = ["KeyFunc", "Limit", "Rule", "parse_limits"]
 
-#: A key function: maps an ASGI scope (or a Starlette ``Request``, which is a mapping
-#: over its scope) to the identity being limited, or ``None`` to skip the rule.
-KeyFunc: TypeAlias = Callable[[Mapping[str, Any]], "str | None"]
+#: A key function: maps an ASGI scope to the identity being limited, or ``None`` to skip
+#: the rule. (Built-in keys accept any mapping, a Starlette ``Request`` included.)
+KeyFunc: TypeAlias = Callable[[Scope], "str | None"]
 
 _UNITS = {
     "s": 1,
