@@ -788,3 +788,10 @@ def test_limiter_options_are_validated() -> None:
     limiter = RateLimiter("memory://", prefix="app:")
     assert limiter.backend.prefix == "app:"
     limiter.close()
+
+
+async def test_exempting_the_root_exempts_only_the_root() -> None:
+    app = RateLimitMiddleware(starlette_app(), rules=[Rule("1/minute")], exempt_paths=["/"])
+    async with client_for(app) as client:
+        assert [(await client.get("/")).status_code for _ in range(2)] == [200, 200]
+        assert [(await client.get("/api/x")).status_code for _ in range(2)] == [200, 429]
