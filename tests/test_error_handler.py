@@ -47,6 +47,10 @@ async def _json(request: Request) -> JSONResponse:
     return JSONResponse(await request.json())
 
 
+async def _decode_bug(request: Request) -> JSONResponse:
+    return JSONResponse({"text": SECRET.encode("utf-16").decode("utf-8")})
+
+
 async def _limited(request: Request) -> JSONResponse:
     raise RateLimitExceeded(retry_after=1.2)
 
@@ -67,6 +71,7 @@ ROUTES = [
     Route("/missing", _not_found),
     Route("/boom", _boom),
     Route("/json", _json, methods=["POST"]),
+    Route("/decode-bug", _decode_bug),
     Route("/limited", _limited),
     Route("/conflict", _http_exc),
     Route("/stream", _stream_then_fail),
@@ -135,6 +140,51 @@ async def test_malformed_json_body_is_400(make_app: Any) -> None:
     assert r.headers["content-type"] == PROBLEM_JSON
     assert r.json()["code"] == "invalid_json"
     assert "lacZ" not in r.text
+
+
+@APPS
+@pytest.mark.parametrize("body", [b'\xff\xfe{"a":1}', b"\xc3(", b'\x00\x00\x00{"a"'])
+async def test_json_body_that_is_not_text_is_400(make_app: Any, body: bytes) -> None:
+    # json.loads raises UnicodeDecodeError, not JSONDecodeError, for these bytes.
+    async with client(make_app(), raise_app_exceptions=True) as c:
+        r = await c.post("/json", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.headers["content-type"] == PROBLEM_JSON
+    assert r.json()["code"] == "invalid_json"
+
+
+@APPS
+async def test_unicode_error_not_from_a_request_body_stays_an_opaque_500(make_app: Any) -> None:
+    async with client(make_app()) as c:
+        r = await c.get("/decode-bug")
+    assert r.status_code == 500
+    assert r.json()["code"] == "internal_error"
+    assert "utf" not in r.text.lower()
+
+
+@pytest.mark.parametrize("wrap", [True, False], ids=["middleware", "handlers"])
+async def test_fastapi_model_body_that_is_not_json_is_400_not_a_field_error(wrap: bool) -> None:
+    app = FastAPI()
+
+    @app.post("/genes")
+    async def create(gene: Gene) -> dict[str, str]:
+        return {"symbol": gene.symbol}
+
+    asgi: Any = ErrorHandlerMiddleware(app) if wrap else app
+    if not wrap:
+        install_error_handlers(app)
+    async with client(asgi) as c:
+        r = await c.post(
+            "/genes",
+            content=b'{"symbol": "lacZ-secret",',
+            headers={"content-type": "application/json"},
+        )
+    assert r.status_code == 400
+    assert r.headers["content-type"] == PROBLEM_JSON
+    body = r.json()
+    assert body["code"] == "invalid_json"
+    assert "errors" not in body  # FastAPI's error sits at a character offset, not a field
+    assert "lacZ-secret" not in r.text
 
 
 @APPS

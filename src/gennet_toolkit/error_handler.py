@@ -90,8 +90,8 @@ def to_gennet_error(exc: BaseException) -> GenNetError:
     """Map any exception to the :class:`GenNetError` a client should see.
 
     Known client errors keep their meaning (Starlette's ``HTTPException``, FastAPI's
-    ``RequestValidationError`` → 422, ``json.JSONDecodeError`` → 400); anything
-    else is an opaque 500.
+    ``RequestValidationError`` → 422, a body that is not JSON → 400, whether
+    ``json.loads`` or FastAPI found it); anything else is an opaque 500.
     """
     exc = _unwrap(exc)
     if isinstance(exc, GenNetError):
@@ -111,10 +111,28 @@ def to_gennet_error(exc: BaseException) -> GenNetError:
         )
     fastapi_exc = sys.modules.get("fastapi.exceptions")
     if fastapi_exc is not None and isinstance(exc, fastapi_exc.RequestValidationError):
-        return ValidationFailed(errors=field_errors_from_pydantic(exc.errors()))
-    if isinstance(exc, json.JSONDecodeError):
+        raw = exc.errors()
+        # FastAPI reports an unparsable body as a field error at a character offset
+        # ("#/25" is no JSON pointer): the body is malformed, not a field invalid.
+        if any(e.get("type") == "json_invalid" for e in raw):
+            return InvalidJSON()
+        return ValidationFailed(errors=field_errors_from_pydantic(raw))
+    if isinstance(exc, json.JSONDecodeError) or _undecodable_json(exc):
         return InvalidJSON()
     return GenNetError()
+
+
+def _undecodable_json(exc: BaseException) -> bool:
+    # json.loads(bytes) decodes before parsing: bytes that are not UTF-8/16/32 raise
+    # UnicodeDecodeError, not JSONDecodeError, from inside json.loads itself.
+    if not isinstance(exc, UnicodeDecodeError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is json.loads.__code__:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _code_for(status: int) -> str:
@@ -271,9 +289,17 @@ def install_error_handlers(app: Any, *, debug: bool = False) -> None:
         request.scope[_SCOPE_LOGGED] = True
         return problem_response(exc, scope=request.scope, debug=debug)
 
+    async def undecodable_handler(request: Request, exc: Exception) -> Response:
+        if not _undecodable_json(exc):
+            # Not a request body: leave it to the last-resort 500 path, which re-raises
+            # so the server and outer middleware see the failure.
+            raise exc
+        return await handler(request, exc)
+
     app.add_exception_handler(GenNetError, handler)
     app.add_exception_handler(StarletteHTTPException, handler)
     app.add_exception_handler(json.JSONDecodeError, handler)
+    app.add_exception_handler(UnicodeDecodeError, undecodable_handler)
     fastapi_exc = sys.modules.get("fastapi.exceptions")
     if fastapi_exc is not None:
         app.add_exception_handler(fastapi_exc.RequestValidationError, handler)
