@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit._routes import RouteResolver
+from gennet_toolkit._routes import route_template as _route_template
 from gennet_toolkit.logging_middleware._correlation import SCOPE_CORRELATION_ID
 from gennet_toolkit.logging_middleware._records import current_trace_ids
 from gennet_toolkit.types import ASGIApp, Message, Receive, Scope, Send
@@ -96,38 +98,16 @@ def route_template(scope: Scope) -> str | None:
     """The matched route's template, with mount prefixes, read from a finished scope.
 
     Starlette's and FastAPI's routers leave the matched route in ``scope["route"]``,
-    each ``Mount`` extends ``scope["root_path"]`` and FastAPI keeps ``include_router``
-    prefixes in ``scope["fastapi"]``, so no route is matched again. A route
-    reached through a mount with path parameters shows the mount's concrete prefix.
-    ``None`` when nothing matched (a 404) or the framework does not set the route.
+    each ``Mount`` extends ``scope["root_path"]`` (its raw prefix is mapped back to the
+    mount's template: ``/tenants/{tenant}``, never ``/tenants/acme``) and FastAPI keeps
+    ``include_router`` prefixes in ``scope["fastapi"]``, so no route is matched again.
+    The application's own ``root_path`` comes first. A mount whose app is not a router
+    (StaticFiles) gives ``/mount/{path}``. ``None`` when nothing matched (a 404, also
+    inside a mounted router) or the framework does not set the route.
     """
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    if not isinstance(path, str):
-        return None
-    path = _fastapi_prefix(scope, route) + path
-    prefix = scope.get("root_path", "")
-    if hasattr(route, "routes"):
-        # A Mount whose app is not a router (StaticFiles, a sub-ASGI app): the mount's
-        # own prefix is already in root_path.
-        return f"{prefix}/{{path}}" if prefix else "/{path}"
-    return prefix + path if prefix else path
-
-
-def _fastapi_prefix(scope: Scope, route: object) -> str:
-    # Recent FastAPI versions no longer copy routes on include_router(prefix=...): the
-    # matched APIRoute keeps its own path and the include prefix lives in scope["fastapi"].
-    fastapi_scope = scope.get("fastapi")
-    if not isinstance(fastapi_scope, dict):
-        return ""
-    effective = fastapi_scope.get("effective_route_context")
-    full = getattr(effective, "path", None)
-    own = getattr(route, "path", "")
-    if getattr(effective, "original_route", None) is route and isinstance(full, str):
-        return full[: len(full) - len(own)] if full.endswith(own) else ""
-    context = getattr(fastapi_scope.get("included_router"), "include_context", None)
-    prefix = getattr(context, "prefix", "")
-    return prefix if isinstance(prefix, str) else ""
+    root_path = scope.get("app_root_path", scope.get("root_path", ""))
+    template = _route_template(scope, root_path=root_path)
+    return None if template is None else root_path + template
 
 
 def _parse_paths(paths: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:
@@ -180,6 +160,7 @@ class AccessLogMiddleware:
         self._log_headers = frozenset(h.encode("latin-1") for h in wanted - {"*"})
         self._redact_headers = frozenset(h.lower() for h in redact_headers)
         self._redact_query = frozenset(q.lower() for q in redact_query_params)
+        self._routes = RouteResolver(app)
 
     @classmethod
     def from_env(cls, app: ASGIApp, prefix: str = "GENNET_") -> AccessLogMiddleware:
@@ -214,6 +195,8 @@ class AccessLogMiddleware:
             return
 
         start = time.perf_counter()
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
         end: float | None = None
         status = 0
         sent = 0
@@ -247,6 +230,7 @@ class AccessLogMiddleware:
             duration_ms = ((end if end is not None else time.perf_counter()) - start) * 1000
             self._log(
                 scope,
+                route=self._route(scope, path, root_path),
                 status=status,
                 duration_ms=duration_ms,
                 sent=sent,
@@ -259,6 +243,7 @@ class AccessLogMiddleware:
         self,
         scope: Scope,
         *,
+        route: str | None,
         status: int,
         duration_ms: float,
         sent: int,
@@ -267,7 +252,6 @@ class AccessLogMiddleware:
         error: str | None,
     ) -> None:
         method = scope["method"]
-        route = route_template(scope)
         path = scope["path"].translate(_CONTROL)
         client = scope.get("client")
         extra: dict[str, Any] = {
@@ -295,6 +279,10 @@ class AccessLogMiddleware:
             duration_ms,
             extra=extra,
         )
+
+    def _route(self, scope: Scope, path: str, root_path: str) -> str | None:
+        template = self._routes.resolve(scope, path, root_path)
+        return None if template is None else root_path + template
 
     def _headers(self, scope: Scope) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from gennet_toolkit._routes import RouteResolver
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.metrics._registry import (
     default_registry,
@@ -17,7 +18,6 @@ from gennet_toolkit.metrics._registry import (
     multiprocess_dir,
     prometheus,
 )
-from gennet_toolkit.metrics._routes import RouteResolver
 from gennet_toolkit.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -98,7 +98,8 @@ class PrometheusMiddleware:
         self._exact, self._prefixes = _exclusions(exclude_paths)
         self._timer = timer
         self._status = _GROUPED if group_status_codes else _STATUS
-        self._resolver = RouteResolver(app, unmatched_label)
+        self._resolver = RouteResolver(app)
+        self._unmatched = unmatched_label
         multiprocess = multiprocess_dir() is not None
         # prometheus_client cannot store exemplars in multiprocess files.
         self._exemplars = exemplars and not multiprocess
@@ -223,7 +224,7 @@ class PrometheusMiddleware:
         finally:
             gauge.dec()
             end = timer()
-            route = self._resolver.resolve(scope, path, root_path)
+            route = self._resolver.resolve(scope, path, root_path) or self._unmatched
             status = status or 500  # an app that never answered gets the server's 500
             key = (method, route, self._status.get(status) or str(status))
             series = self._series.get(key) or self._new_series(key)

@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from gennet_toolkit._routes import RouteResolver
+from gennet_toolkit._routes import route_template as _route_template
 from gennet_toolkit._version import __version__
 from gennet_toolkit.tracing._propagation import context_from_headers, load_otel
 from gennet_toolkit.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,50 +34,23 @@ def _split_host(value: str) -> tuple[str, int | None]:
     return host, int(port) if port.isdigit() and len(port) <= 5 else None
 
 
-def _mount_prefix(routes: Iterable[Any], concrete: str) -> str | None:
-    """The template of the mount chain that produced ``concrete`` (a root_path suffix)."""
-    for route in routes:
-        sub = getattr(route, "routes", None)
-        regex = getattr(route, "path_regex", None)
-        fmt = getattr(route, "path_format", None)
-        if sub is None or regex is None or not isinstance(fmt, str):
-            continue  # only Mount-like routes carry a prefix
-        match = regex.match(concrete + "/")
-        if match is None:
-            continue
-        head = fmt.removesuffix("/{path}")
-        rest = "/" + match.groupdict().get("path", "")
-        rest = rest.rstrip("/")
-        if not rest:
-            return head
-        tail = _mount_prefix(sub, rest)
-        if tail is not None:
-            return head + tail
-    return None
-
-
 def route_template(scope: Scope, routes: Iterable[Any] = (), root_path: str = "") -> str | None:
     """The matched route template (``/items/{item_id}``) read from the scope after the call.
 
-    Starlette and FastAPI leave the matched route in ``scope["route"]``; routes inside a
-    ``Mount`` are relative to it, so the mount prefix is recovered from ``root_path``
-    and turned back into its template (``/tenants/{tid}``), never the raw value.
+    Starlette and FastAPI leave the matched route in ``scope["route"]`` (FastAPI's
+    ``include_router`` prefixes in ``scope["fastapi"]``); routes inside a ``Mount`` are
+    relative to it, so the mount prefix is recovered from ``root_path`` (the part below
+    the ``root_path`` given here) and turned back into its template (``/tenants/{tid}``),
+    never the raw value. ``routes`` are the app's routes (default: the scope's router).
+    A request that ended at a mount is named ``/mount/{path}``; convertors are dropped.
     """
-    route = scope.get("route")
-    path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    if not isinstance(path, str):
-        return None
-    concrete = scope.get("root_path", "")[len(root_path) :]
-    if hasattr(route, "routes"):
-        # The request ended at a Mount (a mounted non-router app, or nothing matched
-        # inside it): root_path already includes this mount's own segment.
-        prefix = _mount_prefix(routes, concrete) if concrete else None
-        return None if prefix is None else prefix + "/{path}"
-    if not concrete:
-        return path
-    prefix = _mount_prefix(routes, concrete)
-    # An unresolvable mount gives no template rather than a raw, unbounded path.
-    return None if prefix is None else prefix + path
+    return _route_template(
+        scope,
+        root_path=root_path,
+        routes=list(routes) or None,
+        mount_misses=True,
+        formatted=True,
+    )
 
 
 class _Exclusions:
@@ -128,6 +103,9 @@ class TracingMiddleware:
 
         self.app = app
         self._excluded = _Exclusions(exclude_paths)
+        # Named after the mount when a request ended there, as the span name must stay
+        # low-cardinality and "GET /files/{path}" says more than "GET".
+        self._routes = RouteResolver(app, mount_misses=True, formatted=True)
         self._tracer = trace.get_tracer(
             INSTRUMENTATION_NAME, __version__, tracer_provider=tracer_provider
         )
@@ -207,9 +185,8 @@ class TracingMiddleware:
         parent = context_from_headers(traceparent, tracestate) or self._empty
         raw_method = scope.get("method", "GET")
         method = raw_method if raw_method in _KNOWN_METHODS else "_OTHER"
+        path = scope["path"]
         root_path = scope.get("root_path", "")
-        # Inside Starlette's middleware list, the app that owns the routes is in the scope.
-        owner = self.app if hasattr(self.app, "routes") else scope.get("app")
         span = self._tracer.start_span(
             method if method != "_OTHER" else "HTTP",
             context=parent,
@@ -236,8 +213,8 @@ class TracingMiddleware:
             self._finish(
                 span,
                 scope,
-                owner=owner,
                 method=method,
+                path=path,
                 root_path=root_path,
                 status_code=status_code,
             )
@@ -249,13 +226,13 @@ class TracingMiddleware:
         span: Any,
         scope: Scope,
         *,
-        owner: Any,
         method: str,
+        path: str,
         root_path: str,
         status_code: int | None,
     ) -> None:
         attrs: dict[str, Any] = {}
-        template = route_template(scope, getattr(owner, "routes", ()), root_path)
+        template = self._routes.resolve(scope, path, root_path)
         if template is not None:
             attrs["http.route"] = template
             span.update_name(f"{method if method != '_OTHER' else 'HTTP'} {template}")

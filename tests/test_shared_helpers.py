@@ -1,0 +1,292 @@
+"""Shared private helpers: route templates (``_routes``) and environment parsing (``_env``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Host, Mount, Route
+
+from gennet_toolkit._routes import RouteResolver, route_template
+from gennet_toolkit.types import ASGIApp, Receive, Scope, Send
+
+pytestmark = pytest.mark.anyio
+
+# ------------------------------------------------------------------ route templates
+
+
+async def ok(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+async def plain(scope: Scope, receive: Receive, send: Send) -> None:
+    await PlainTextResponse("plain")(scope, receive, send)
+
+
+def starlette_app() -> Starlette:
+    inner = Starlette(routes=[Route("/items/{item_id:int}", ok)])
+    return Starlette(
+        routes=[
+            Route("/genes/{symbol}", ok),
+            Route("/echo", ok, methods=["POST"]),
+            Mount(
+                "/api",
+                routes=[
+                    Route("/items/{item_id:int}", ok),
+                    Mount("/tenants/{tenant}", routes=[Route("/networks/{nid}", ok)]),
+                ],
+            ),
+            Mount("/t/{tenant}", app=inner),
+            Mount("/static", app=plain),
+            Host(
+                "api.example.org", app=Starlette(routes=[Mount("/h/{x}", routes=[Route("/z", ok)])])
+            ),
+        ]
+    )
+
+
+def fastapi_app() -> FastAPI:
+    app = FastAPI()
+    v1 = APIRouter(prefix="/v1")
+    genes = APIRouter(prefix="/genes")
+    edges = APIRouter(prefix="/edges")
+
+    @genes.get("/{symbol}/targets")
+    def targets(symbol: str) -> list[str]:
+        return [symbol]
+
+    @edges.get("/{edge_id}")
+    def edge(edge_id: int) -> int:
+        return edge_id
+
+    @v1.get("/networks/{nid}")
+    def network(nid: int) -> int:
+        return nid
+
+    genes.include_router(edges, prefix="/net")
+    v1.include_router(genes)
+    app.include_router(v1, prefix="/api")
+
+    sub = FastAPI()
+
+    @sub.get("/edges/{eid}")
+    def sub_edge(eid: str) -> str:
+        return eid
+
+    app.mount("/tenants/{tenant}", sub)
+
+    @app.get("/top/{x}")
+    def top(x: str) -> str:
+        return x
+
+    return app
+
+
+Resolve = Callable[[Scope, str, str], Any]
+
+
+class Recorder:
+    """Bare ASGI middleware noting what ``resolve`` makes of each finished scope."""
+
+    def __init__(self, app: ASGIApp, resolve: Resolve, *, copy_scope: bool = False) -> None:
+        self.app = app
+        self.resolve = resolve
+        self.copy_scope = copy_scope
+        self.seen: list[Any] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, root_path = scope["path"], scope.get("root_path", "")
+        inner = dict(scope) if self.copy_scope else scope  # a layer that copies the scope
+        await self.app(inner, receive, send)
+        self.seen.append(self.resolve(scope, path, root_path))
+
+
+async def templates(
+    app: ASGIApp,
+    urls: list[str],
+    *,
+    method: str = "GET",
+    root_path: str = "",
+    copy_scope: bool = False,
+    **options: bool,
+) -> list[str | None]:
+    resolver = RouteResolver(app, **options)
+    recorder = Recorder(app, resolver.resolve, copy_scope=copy_scope)
+    transport = httpx.ASGITransport(app=recorder, root_path=root_path)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        for url in urls:
+            await c.request(method, url if url.startswith("http") else root_path + url)
+    return recorder.seen
+
+
+async def test_starlette_routes_mounts_and_parameterised_mounts_give_templates() -> None:
+    got = await templates(
+        starlette_app(),
+        [
+            "/genes/lacZ",
+            "/api/items/3",
+            "/api/tenants/acme/networks/4",
+            "/t/acme/items/5",
+            "/static/css/site.css",
+            "http://api.example.org/h/1/z",
+        ],
+    )
+    assert got == [
+        "/genes/{symbol}",
+        "/api/items/{item_id:int}",
+        "/api/tenants/{tenant}/networks/{nid}",
+        "/t/{tenant}/items/{item_id:int}",
+        "/static/{path}",
+        "/h/{x}/z",
+    ]
+
+
+async def test_unmatched_requests_and_mount_misses_are_none_by_default() -> None:
+    urls = ["/nowhere", "/genes/x/", "/api/zz", "/api/tenants/acme/zz", "/t/acme/zz"]
+    assert await templates(starlette_app(), urls) == [None] * 5
+
+
+async def test_mount_misses_can_be_named_after_the_mount() -> None:
+    got = await templates(
+        starlette_app(), ["/nowhere", "/api/tenants/acme/zz", "/t/acme/zz"], mount_misses=True
+    )
+    assert got == [None, "/api/tenants/{tenant}/{path}", "/t/{tenant}/{path}"]
+
+
+async def test_method_not_allowed_keeps_the_template() -> None:
+    assert await templates(starlette_app(), ["/echo"]) == ["/echo"]
+
+
+async def test_formatted_templates_drop_convertors() -> None:
+    got = await templates(starlette_app(), ["/t/acme/items/5", "/api/items/3"], formatted=True)
+    assert got == ["/t/{tenant}/items/{item_id}", "/api/items/{item_id}"]
+
+
+async def test_templates_are_relative_to_the_root_path_seen_before_the_app() -> None:
+    got = await templates(
+        starlette_app(), ["/api/tenants/acme/networks/4", "/nowhere"], root_path="/proxy"
+    )
+    assert got == ["/api/tenants/{tenant}/networks/{nid}", None]
+
+
+async def test_fastapi_include_router_prefixes_nested_routers_and_mounted_apps() -> None:
+    got = await templates(
+        fastapi_app(),
+        [
+            "/api/v1/genes/lacZ/targets",
+            "/api/v1/genes/net/edges/3",
+            "/api/v1/networks/not-an-int",  # 422 keeps the template
+            "/tenants/t1/edges/e",
+            "/top/1",
+            "/api/v1/nothing",
+        ],
+    )
+    assert got == [
+        "/api/v1/genes/{symbol}/targets",
+        "/api/v1/genes/net/edges/{edge_id}",
+        "/api/v1/networks/{nid}",
+        "/tenants/{tenant}/edges/{eid}",
+        "/top/{x}",
+        None,
+    ]
+
+
+async def test_fastapi_method_not_allowed_keeps_the_prefixed_template() -> None:
+    got = await templates(fastapi_app(), ["/api/v1/genes/lacZ/targets"], method="POST")
+    assert got == ["/api/v1/genes/{symbol}/targets"]
+
+
+async def test_fastapi_mounted_in_starlette_composes_both_prefixes() -> None:
+    outer = Starlette(routes=[Mount("/svc", app=fastapi_app())])
+    got = await templates(
+        outer, ["/svc/api/v1/genes/x/targets", "/svc/tenants/t/edges/e", "/svc/zz"]
+    )
+    assert got == ["/svc/api/v1/genes/{symbol}/targets", "/svc/tenants/{tenant}/edges/{eid}", None]
+
+
+async def test_routes_are_matched_again_when_a_layer_copied_the_scope() -> None:
+    got = await templates(
+        starlette_app(),
+        ["/api/tenants/acme/networks/9", "/static/x", "/nowhere", "/t/a/zz"],
+        copy_scope=True,
+    )
+    assert got == ["/api/tenants/{tenant}/networks/{nid}", "/static/{path}", None, None]
+
+
+async def test_middleware_inside_a_mounted_app_walks_its_own_mounts() -> None:
+    seen: list[str | None] = []
+
+    def capture(app: ASGIApp) -> ASGIApp:
+        resolver = RouteResolver(app)
+        recorder = Recorder(app, resolver.resolve)
+        recorder.seen = seen  # type: ignore[assignment]
+        return recorder
+
+    inner = Starlette(
+        routes=[Mount("/t/{tenant}", routes=[Route("/x/{y}", ok)])],
+        middleware=[Middleware(capture)],
+    )
+    outer = Starlette(routes=[Mount("/svc/{region}", app=inner)])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=outer), base_url="http://test"
+    ) as c:
+        assert (await c.get("/svc/eu/t/acme/x/1")).status_code == 200
+    assert seen == ["/t/{tenant}/x/{y}"]
+
+
+async def test_function_reads_the_app_root_path_and_the_scope_router() -> None:
+    seen: list[str | None] = []
+
+    async def after(scope: Scope, receive: Receive, send: Send) -> None:
+        await app(scope, receive, send)
+        seen.append(route_template(scope))
+        seen.append(route_template(scope, mount_misses=True, formatted=True))
+
+    app = starlette_app()
+    transport = httpx.ASGITransport(app=after, root_path="/proxy")
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        await c.get("/proxy/t/acme/items/5")
+        await c.get("/proxy/t/acme/zz")
+    assert seen == [
+        "/t/{tenant}/items/{item_id:int}",
+        "/t/{tenant}/items/{item_id}",
+        None,
+        "/t/{tenant}/{path}",
+    ]
+
+
+def test_scopes_without_a_usable_route_give_none() -> None:
+    assert route_template({"type": "http", "path": "/x"}) is None
+    assert route_template({"type": "http", "path": "/x", "route": object()}) is None
+    assert RouteResolver().resolve({"type": "http", "path": "/x"}) is None
+    assert RouteResolver(plain).resolve({"type": "http", "path": "/x"}) is None
+
+
+@pytest.mark.parametrize("root_path", ["", "/p"])
+async def test_module_wrappers_share_the_mechanism(root_path: str) -> None:
+    from gennet_toolkit.logging_middleware import route_template as log_template
+    from gennet_toolkit.tracing import route_template as trace_template
+
+    seen: list[tuple[str | None, str | None]] = []
+    app = fastapi_app()
+
+    async def after(scope: Scope, receive: Receive, send: Send) -> None:
+        await app(scope, receive, send)
+        seen.append((trace_template(scope, root_path=root_path), log_template(scope)))
+
+    transport = httpx.ASGITransport(app=after, root_path=root_path)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        await c.get(root_path + "/api/v1/genes/net/edges/3")
+        await c.get(root_path + "/tenants/t1/edges/e")
+    # tracing names spans below the root path; the access log shows the full path
+    assert seen == [
+        ("/api/v1/genes/net/edges/{edge_id}", root_path + "/api/v1/genes/net/edges/{edge_id}"),
+        ("/tenants/{tenant}/edges/{eid}", root_path + "/tenants/{tenant}/edges/{eid}"),
+    ]
