@@ -303,6 +303,7 @@ def test_a_failed_shared_transaction_fails_every_append_in_it(store: EventStore)
         t.join(timeout=60)
     assert isinstance(outcomes[0], list)
     errors = [outcomes[n] for n in (1, 2, 3)]
+    # Nobody saw events of the rolled-back transaction as recorded.
     assert all(isinstance(e, RuntimeError) for e in errors)
     assert len({id(e) for e in errors}) == 3  # each caller raises its own copy
     assert [e.stream_id for e in store.read_all()] == ["s0"]

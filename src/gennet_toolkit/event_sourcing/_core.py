@@ -99,26 +99,33 @@ class _Payload:
 
 @dataclass(slots=True)
 class AppendRequest:
-    """One validated ``append`` call waiting for its transaction."""
+    """One validated ``append`` call waiting for its transaction.
+
+    The plan stages ``result`` or ``error``; the driver publishes them (``done``) only
+    once the transaction has committed or failed, so no caller sees events that a
+    rollback then takes away.
+    """
 
     stream_id: str
     payloads: list[_Payload]
     expected_version: int | str
-    result: list[RecordedEvent] | None = None
+    staged: list[RecordedEvent] | None = None
     error: BaseException | None = None
+    done: bool = False
 
-    @property
-    def done(self) -> bool:
-        """Whether the request has a result or an error."""
-        return self.result is not None or self.error is not None
+    def fail(self, exc: BaseException) -> None:
+        """The shared transaction failed: this request fails too (unless it already had)."""
+        if self.error is None:
+            self.error = exc
+        self.staged = None
 
     def outcome(self) -> list[RecordedEvent]:
         """The recorded events, or raise this request's error."""
         if self.error is not None:
             raise self.error
-        if self.result is None:  # pragma: no cover - the transaction always sets one
+        if self.staged is None:  # pragma: no cover - a published request has one or the other
             raise RuntimeError("append request was not processed")
-        return self.result
+        return self.staged
 
 
 def _check_limit(limit: object, name: str = "limit") -> int:
@@ -285,7 +292,7 @@ class Core:
         """
         for request in requests:
             if not request.payloads:
-                request.result = []
+                request.staged = []
         requests = [r for r in requests if r.payloads]
         if not requests:
             return
@@ -365,7 +372,7 @@ class Core:
                 )
             head += len(records)
             versions[stream_id] = current + len(records)
-            request.result = records
+            request.staged = records
         if params:
             yield Exec(self._insert, params[0] if len(params) == 1 else params, fetch=False)
 

@@ -62,14 +62,12 @@ def _clone(exc: BaseException) -> BaseException:
 
 def _fail_batch(batch: list[AppendRequest], leader: AppendRequest, exc: BaseException) -> None:
     for request in batch:
-        if request.error is None:
-            request.result = None
-            if request is leader:
-                request.error = exc
-            elif isinstance(exc, Exception):
-                request.error = _clone(exc)
-            else:  # the leader was cancelled or interrupted mid-commit
-                request.error = ServiceUnavailable("The append was interrupted; retry it.")
+        if request is leader:
+            request.fail(exc)
+        elif isinstance(exc, Exception):
+            request.fail(_clone(exc))
+        else:  # the leader was cancelled or interrupted mid-commit
+            request.fail(ServiceUnavailable("The append was interrupted; retry it."))
 
 
 class _SyncGroup:
@@ -274,6 +272,8 @@ class EventStore(_Base[sa.Engine]):
             _fail_batch(batch, request, exc)
         finally:
             with group.cond:
+                for r in batch:
+                    r.done = True
                 group.busy = False
                 group.cond.notify_all()
         return request.outcome()
@@ -515,6 +515,8 @@ class AsyncEventStore(_Base[AsyncEngine]):
             _fail_batch(batch, request, exc)
         finally:
             async with group.cond:
+                for r in batch:
+                    r.done = True
                 group.busy = False
                 group.cond.notify_all()
         return request.outcome()
