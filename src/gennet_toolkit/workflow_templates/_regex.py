@@ -36,16 +36,19 @@ __all__ = ["MAX_ALTERNATIONS", "MAX_PATTERN_LENGTH", "UnsafePattern", "check_pat
 MAX_PATTERN_LENGTH = 256
 MAX_ALTERNATIONS = 8
 
-_MAXCHAR = 0x10FFFF
+# Characters are modelled as code points plus three synthetic ones standing for the
+# non-ASCII members of \w (and \d), of \s, and of neither: Unicode classes overlap
+# exactly as these regions do, without enumerating Unicode.
+_NA_WORD, _NA_SPACE, _NA_OTHER = 0x110000, 0x110001, 0x110002
+_MAXCHAR = _NA_OTHER
 Ranges = tuple[tuple[int, int], ...]
 _ALL: Ranges = ((0, _MAXCHAR),)
 _NONE: Ranges = ()
-# Unicode-aware classes are over-approximated by their ASCII members plus all non-ASCII.
-_NON_ASCII = (0x80, _MAXCHAR)
+_NON_ASCII_REGIONS = (_NA_WORD, _NA_OTHER)
 _CATEGORIES: dict[Any, Ranges] = {
-    c.CATEGORY_DIGIT: ((0x30, 0x39), _NON_ASCII),
-    c.CATEGORY_WORD: ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A), _NON_ASCII),
-    c.CATEGORY_SPACE: ((0x09, 0x0D), (0x1C, 0x20), _NON_ASCII),
+    c.CATEGORY_DIGIT: ((0x30, 0x39), (_NA_WORD, _NA_WORD)),
+    c.CATEGORY_WORD: ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A), (_NA_WORD, _NA_WORD)),
+    c.CATEGORY_SPACE: ((0x09, 0x0D), (0x1C, 0x20), (_NA_SPACE, _NA_SPACE)),
 }
 _NEGATED_CATEGORIES = {
     c.CATEGORY_NOT_DIGIT: c.CATEGORY_DIGIT,
@@ -99,29 +102,37 @@ def _category(cat: Any) -> Ranges:
     if cat in _CATEGORIES:
         return _CATEGORIES[cat]
     if cat in _NEGATED_CATEGORIES:
-        # The complement of the over-approximation would under-approximate; the
-        # complement of the ASCII part alone still contains every non-ASCII char.
-        ascii_part = tuple(r for r in _CATEGORIES[_NEGATED_CATEGORIES[cat]] if r != _NON_ASCII)
-        return _complement(ascii_part)
+        return _complement(_CATEGORIES[_NEGATED_CATEGORIES[cat]])
     return _ALL
+
+
+def _literal(lo: int, hi: int) -> Ranges:
+    # A non-ASCII literal may be a word, space or other character: over-approximate.
+    if hi >= 0x80:
+        return _normalize([(lo, hi), _NON_ASCII_REGIONS])
+    return ((lo, hi),)
 
 
 def _in_set(items: list[tuple[Any, Any]]) -> Ranges:
     negate = False
-    ranges: list[tuple[int, int]] = []
+    raw: list[tuple[int, int]] = []
     for op, av in items:
         if op is c.NEGATE:
             negate = True
         elif op is c.LITERAL:
-            ranges.append((av, av))
+            raw.append((av, av))
         elif op is c.RANGE:
-            ranges.append((av[0], av[1]))
+            raw.append((av[0], av[1]))
         elif op is c.CATEGORY:
-            ranges.extend(_category(av))
+            raw.extend(_category(av))
         else:
-            ranges.append((0, _MAXCHAR))
-    norm = _normalize(ranges)
-    return _complement(norm) if negate else norm
+            raw.append((0, _MAXCHAR))
+    if negate:
+        return _complement(_normalize(raw))
+    out: list[tuple[int, int]] = []
+    for lo, hi in raw:
+        out.extend(_literal(lo, hi) if hi < _NA_WORD else ((lo, hi),))
+    return _normalize(out)
 
 
 class _Checker:
@@ -137,7 +148,7 @@ class _Checker:
 
     def item_chars(self, op: Any, av: Any) -> Ranges:
         if op is c.LITERAL:
-            return ((av, av),)
+            return _literal(av, av)
         if op is c.NOT_LITERAL:
             return _complement(((av, av),))
         if op is c.IN:
@@ -157,20 +168,21 @@ class _Checker:
             return self.chars(av)
         return _NONE  # anchors and lookaround consume nothing
 
-    def last_chars(self, seq: Any) -> tuple[Ranges, bool]:
-        """Characters the last consumed character of ``seq`` may be, and whether ``seq``
-        may match the empty string (both over-approximated)."""
+    def edge_chars(self, seq: Any, *, last: bool) -> tuple[Ranges, bool]:
+        """Characters the first (or last) consumed character of ``seq`` may be, and whether
+        ``seq`` may match the empty string (both over-approximated)."""
         acc: Ranges = _NONE
-        for op, av in reversed(list(seq)):
+        items = list(seq)
+        for op, av in reversed(items) if last else items:
             if op in _REPEATS:
-                chars, empty = self.last_chars(av[2])
+                chars, empty = self.edge_chars(av[2], last=last)
                 empty = empty or av[0] == 0
             elif op is c.SUBPATTERN:
-                chars, empty = self.last_chars(av[3])
+                chars, empty = self.edge_chars(av[3], last=last)
             elif op is c.BRANCH:
                 chars, empty = _NONE, False
                 for alt in av[1]:
-                    alt_chars, alt_empty = self.last_chars(alt)
+                    alt_chars, alt_empty = self.edge_chars(alt, last=last)
                     chars, empty = _union(chars, alt_chars), empty or alt_empty
             elif op is c.AT or op in (c.ASSERT, c.ASSERT_NOT):
                 chars, empty = _NONE, True
@@ -210,14 +222,17 @@ class _Checker:
                 if high == low:
                     live = self.walk(body, live)
                     continue
-                if _intersect(live, body_chars):
+                # Who takes the next character: the earlier repetition or this one?
+                if _intersect(live, self.edge_chars(body, last=False)[0]):
                     raise UnsafePattern(
                         "two repetitions can match the same characters with nothing "
                         "between them to tell them apart"
                     )
                 if high == 1:
                     # An optional part: the match either skips it or goes through it.
-                    live = _union(_union(live, self.walk(body, live)), self.last_chars(body)[0])
+                    live = _union(
+                        _union(live, self.walk(body, live)), self.edge_chars(body, last=True)[0]
+                    )
                 else:
                     live = _union(live, body_chars) if low == 0 else body_chars
             elif op is c.SUBPATTERN:

@@ -182,9 +182,17 @@ class _Statements:
             sa.Column("description", sa.Text, nullable=False),
             sa.Column("tags", sa.Text, nullable=False),
             sa.Column("search_text", sa.Text, nullable=False),
-            sa.Column("document", sa.Text, nullable=False),
             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-            sa.Index(f"{prefix}templates_latest", "name", "prerelease", "version_key"),
+            sa.Index(f"{prefix}templates_latest", "name", "prerelease", sa.desc("version_key")),
+            sa.Index(f"{prefix}templates_order", "name", "version_key", unique=True),
+        )
+        # Bodies live apart so listing and discovery scan narrow rows.
+        self.documents = sa.Table(
+            f"{prefix}template_documents",
+            self.metadata,
+            sa.Column("name", key, primary_key=True),
+            sa.Column("version", sa.String(64), primary_key=True),
+            sa.Column("document", sa.Text, nullable=False),
         )
         self.tags = sa.Table(
             f"{prefix}template_tags",
@@ -204,33 +212,34 @@ class _Statements:
             sa.Index(f"{prefix}template_usage_name", "name", "version"),
         )
 
-    def insert_template(self, doc: dict[str, Any], digest: str) -> list[Any]:
+    @staticmethod
+    def rows(
+        doc: dict[str, Any], digest: str
+    ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        """The template row, its document row and its tag rows for a template document."""
         semver = SemVer.parse(doc["version"])
-        now = datetime.now(UTC)
         search = " ".join([doc["name"], doc["description"], *doc["tags"]]).lower()
-        stmts = [
-            self.templates.insert().values(
-                name=doc["name"],
-                version=doc["version"],
-                version_key=semver.sort_key(),
-                prerelease=semver.is_prerelease,
-                digest=digest,
-                description=doc["description"],
-                tags=canonical_json(doc["tags"]),
-                search_text=search,
-                document=canonical_json(doc),
-                created_at=now,
-            )
-        ]
-        if doc["tags"]:
-            stmts.append(
-                self.tags.insert().values(
-                    [
-                        {"tag": t, "name": doc["name"], "version": doc["version"]}
-                        for t in doc["tags"]
-                    ]
-                )
-            )
+        row = {
+            "name": doc["name"],
+            "version": doc["version"],
+            "version_key": semver.sort_key(),
+            "prerelease": semver.is_prerelease,
+            "digest": digest,
+            "description": doc["description"],
+            "tags": canonical_json(doc["tags"]),
+            "search_text": search,
+            "created_at": datetime.now(UTC),
+        }
+        body = {"name": doc["name"], "version": doc["version"], "document": canonical_json(doc)}
+        tags = [{"tag": t, "name": doc["name"], "version": doc["version"]} for t in doc["tags"]]
+        return row, body, tags
+
+    def insert_template(self, doc: dict[str, Any], digest: str) -> list[Any]:
+        row, body, tags = self.rows(doc, digest)
+        # The template row first: its primary key decides a publish race.
+        stmts = [self.templates.insert().values(**row), self.documents.insert().values(**body)]
+        if tags:
+            stmts.append(self.tags.insert().values(tags))
         return stmts
 
     def select_digest(self, name: str, version: str) -> Any:
@@ -239,7 +248,9 @@ class _Statements:
 
     def select_version(self, name: str, version: str | None) -> Any:
         t = self.templates
-        stmt = self.sa.select(t.c.name, t.c.version, t.c.digest, t.c.document, t.c.created_at)
+        d = self.documents
+        stmt = self.sa.select(t.c.name, t.c.version, t.c.digest, d.c.document, t.c.created_at)
+        stmt = stmt.join_from(t, d, (d.c.name == t.c.name) & (d.c.version == t.c.version))
         stmt = stmt.where(t.c.name == name)
         if version is not None:
             return stmt.where(t.c.version == version)
@@ -258,7 +269,7 @@ class _Statements:
         t = self.templates
         return self.sa.select(t.c.version).where(t.c.name == name).order_by(t.c.version_key)
 
-    def discover(self, q: DiscoverQuery) -> Any:
+    def discover(self, q: DiscoverQuery, dialect: str) -> Any:
         sa, t = self.sa, self.templates
         cols = [
             t.c.name,
@@ -271,20 +282,30 @@ class _Statements:
             t.c.created_at,
         ]
         if q.all_versions:
-            src = t
-        else:
-            rank = (
-                sa.func.row_number()
-                .over(
-                    partition_by=t.c.name,
-                    order_by=(t.c.prerelease.asc(), t.c.version_key.desc()),
-                )
-                .label("rank")
+            src: Any = t
+        elif dialect == "postgresql":
+            # DISTINCT ON streams the latest version per name off the (name, prerelease,
+            # version_key DESC) index, so LIMIT stops the scan after one page.
+            inner = sa.select(*cols).order_by(
+                t.c.name, t.c.prerelease.asc(), t.c.version_key.desc()
             )
-            src = sa.select(*cols, rank).subquery("latest")
+            if q.after is not None:
+                inner = inner.where(t.c.name > q.after[0])
+            pg = require("sqlalchemy.dialects.postgresql", extra="sql", feature=_FEATURE)
+            src = inner.ext(pg.distinct_on(t.c.name)).subquery("latest")
+        else:
+            # SQLite: a correlated "is this the latest version" probe on the same index
+            # while walking names in order; also stops after one page.
+            newer = t.alias("newer")
+            latest = (
+                sa.select(newer.c.version)
+                .where(newer.c.name == t.c.name)
+                .order_by(newer.c.prerelease.asc(), newer.c.version_key.desc())
+                .limit(1)
+                .scalar_subquery()
+            )
+            src = sa.select(*cols).where(t.c.version == latest).subquery("latest")
         stmt = sa.select(*(src.c[c.name] for c in cols))
-        if not q.all_versions:
-            stmt = stmt.where(src.c.rank == 1)
         if q.tag is not None:
             tg = self.tags
             stmt = stmt.where(
@@ -302,7 +323,8 @@ class _Statements:
                 )
             else:
                 stmt = stmt.where(src.c.name > name)
-        return stmt.order_by(src.c.name, src.c.version_key).limit(q.limit + 1)
+        order = (src.c.name, src.c.version_key) if q.all_versions else (src.c.name,)
+        return stmt.order_by(*order).limit(q.limit + 1)
 
     def insert_usage(self, name: str, version: str, run_id: str, at: datetime) -> Any:
         return self.usage.insert().values(name=name, version=version, run_id=run_id, created_at=at)
@@ -429,7 +451,7 @@ class SqlTemplateStore:
     def discover(self, q: DiscoverQuery) -> tuple[list[TemplateSummary], str | None]:
         """One page of summaries and the cursor of the next page (or ``None``)."""
         with _db_errors(), self.engine.connect() as conn:
-            rows = conn.execute(self._s.discover(q)).all()
+            rows = conn.execute(self._s.discover(q, conn.dialect.name)).all()
         return _page(rows, q)
 
     def record_usage(self, name: str, version: str, run_id: str, at: datetime) -> None:
@@ -501,7 +523,7 @@ class AsyncSqlTemplateStore:
         """See :meth:`SqlTemplateStore.discover`."""
         with _db_errors():
             async with self.engine.connect() as conn:
-                rows = (await conn.execute(self._s.discover(q))).all()
+                rows = (await conn.execute(self._s.discover(q, conn.dialect.name))).all()
         return _page(rows, q)
 
     async def record_usage(self, name: str, version: str, run_id: str, at: datetime) -> None:
