@@ -26,7 +26,14 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    joinedload,
+    mapped_column,
+    relationship,
+)
 
 from gennet_toolkit.exceptions import BadRequest, ConfigurationError
 from gennet_toolkit.pagination import CursorPaginator, InvalidPageSize, Page
@@ -43,6 +50,7 @@ class Gene(Base):
     score: Mapped[int | None] = mapped_column(Integer, nullable=True)
     symbol: Mapped[str | None] = mapped_column(String(20), nullable=True)
     weight: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    edges: Mapped[list[Edge]] = relationship(order_by="Edge.id")
 
 
 class Edge(Base):
@@ -271,6 +279,48 @@ def test_orm_join_with_explicit_tiebreak(engine: Any) -> None:
         pager = CursorPaginator(order_by=[Gene.symbol], tiebreak=[Edge.id.desc()])
         got = [x.id for p in walk_forward(pager, session, stmt, 2) for x in p.items]
         assert got == [4, 3, 2, 1, 0]
+
+
+def test_joined_eager_load_pages_each_entity_once_with_its_collection(engine: Any) -> None:
+    with Session(engine) as session:
+        _load(session, [{"score": i % 2, "symbol": "x"} for i in range(6)])
+        session.execute(
+            insert(Edge), [{"id": i, "gene_id": 1 + i % 3, "sign": "a"} for i in range(9)]
+        )
+        session.commit()
+        stmt = select(Gene).options(joinedload(Gene.edges))
+        pager = CursorPaginator(order_by=[Gene.score.desc()])
+        pages = walk_forward(pager, session, stmt, 2)
+        got = [g.id for p in pages for g in p.items]
+        assert got == [2, 4, 6, 1, 3, 5]
+        by_id = {g.id: [e.id for e in g.edges] for p in pages for g in p.items}
+        assert by_id[1] == [0, 3, 6]
+        assert by_id[4] == []
+
+
+def test_relationship_join_adds_the_joined_primary_key_as_tiebreak(engine: Any) -> None:
+    with Session(engine) as session:
+        _load(session, [{"score": 1, "symbol": "x"} for _ in range(3)])
+        session.execute(
+            insert(Edge), [{"id": i, "gene_id": 1 + i % 2, "sign": "ab"[i % 2]} for i in range(6)]
+        )
+        session.commit()
+        # One row per (gene, edge): the gene repeats, the edge id keeps rows apart.
+        stmt = select(Gene.id, Edge.id.label("edge")).join(Gene.edges).where(Edge.sign == "a")
+        pager = CursorPaginator(order_by=[Gene.score])
+        got = [tuple(r) for p in walk_forward(pager, session, stmt, 1) for r in p.items]
+        assert got == [(1, 0), (1, 2), (1, 4)]
+
+
+def test_cursor_for_explicit_values_starts_after_that_row(engine: Any) -> None:
+    with Session(engine) as session:
+        _load(session, [{"score": i % 3, "symbol": None} for i in range(9)])
+        pager = CursorPaginator(order_by=[Gene.score], page_size=3)
+        cursor = pager.cursor_for(select(Gene), (1, 4))  # score 1, id 4
+        page = pager.paginate(session, select(Gene), cursor)
+        assert ids(page.items) == [5, 8, 3]
+        with pytest.raises(ValueError, match="values"):
+            pager.cursor_for(select(Gene), (1,))
 
 
 def test_sort_by_selected_column_name_and_unknown_name_is_400(engine: Any) -> None:

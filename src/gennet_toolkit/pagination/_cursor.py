@@ -44,6 +44,8 @@ _MIN_SECRET_BYTES: Final = 16
 _INT64 = (-(2**63), 2**63 - 1)
 _MAX_DECIMAL_DIGITS = 1000
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
+# One encoder for all: json.dumps() with options builds a new encoder per call.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 #: ``a``/``b``: rows strictly after/before the key; ``A``/``B``: at or after/before it
 #: (the way back from an empty page, so the row at the key is not lost).
@@ -230,9 +232,7 @@ class CursorCodec:
         """The opaque text of a cursor at ``values`` going ``direction``."""
         iat = int(time.time()) if issued_at is None else issued_at
         payload = [direction, iat, bound_to, [_encode_value(v) for v in values]]
-        body = _VERSION_BYTE + json.dumps(
-            payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        body = _VERSION_BYTE + _dumps(payload).encode("utf-8")
         if self._keys:
             body += hmac.digest(self._keys[0], body, "sha256")[:_TAG_SIZE]
         return base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")

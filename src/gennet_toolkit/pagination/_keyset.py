@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Select, and_, false, literal, or_, tuple_
+from sqlalchemy import Select, and_, false, inspect, literal, or_, tuple_
+from sqlalchemy.exc import NoInspectionAvailable
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import ColumnElement, Label, UnaryExpression
 from sqlalchemy.sql.selectable import FromClause, Join
@@ -106,21 +107,60 @@ def _unwrap(item: OrderSpec, stmt: Select[Any]) -> tuple[ColumnElement[Any], boo
     return expr, descending, nulls
 
 
+def _selectable_of(target: Any) -> FromClause | None:
+    """The FROM element an ORM ``.join()`` target stands for (table, alias or relationship)."""
+    if isinstance(target, FromClause):
+        return target
+    try:
+        insp = inspect(target)
+    except NoInspectionAvailable:
+        return None
+    prop = getattr(insp, "property", None)
+    if prop is not None and hasattr(prop, "mapper"):  # Gene.edges, maybe .of_type(alias)
+        of_type = getattr(target, "_of_type", None)
+        return _selectable_of(of_type) if of_type is not None else prop.mapper.selectable
+    sel = getattr(insp, "selectable", None)
+    return sel if isinstance(sel, FromClause) else None
+
+
 def _from_leaves(stmt: Select[Any]) -> list[tuple[FromClause, bool]]:
-    """Every table (or alias) the statement selects from, and whether an outer join
-    can make its columns NULL."""
-    out: list[tuple[FromClause, bool]] = []
+    """Every table (or alias) the statement selects from, the selected entity's first,
+    and whether an outer join can make its columns NULL.
+
+    Read from the statement's columns and joins rather than ``get_final_froms()``, which
+    compiles the statement (slow) and includes eager-load joins that are not ours to sort.
+    """
+    setup = getattr(stmt, "_setup_joins", None)
+    from_obj = getattr(stmt, "_from_obj", None)
+    found: dict[int, list[Any]] = {}
 
     def walk(f: FromClause, outer: bool) -> None:
         if isinstance(f, Join):
             walk(f.left, outer or f.full)
             walk(f.right, outer or f.isouter or f.full)
-        else:
-            out.append((f, outer))
+            return
+        entry = found.setdefault(id(_plain(f)), [f, outer])
+        entry[1] = entry[1] or outer
 
-    for f in stmt.get_final_froms():
+    if setup is None or from_obj is None:  # pragma: no cover - a future SQLAlchemy
+        for f in stmt.get_final_froms():
+            walk(f, False)
+        return [(f, o) for f, o in found.values()]
+    for f in stmt.columns_clause_froms:
         walk(f, False)
-    return out
+    for f in from_obj:
+        walk(f, False)
+    for target, _onclause, _from, flags in setup:
+        sel = _selectable_of(target)
+        if sel is None:
+            raise ConfigurationError(
+                f"cannot tell which table {target!r} joins; pass tiebreak=[...] explicitly"
+            )
+        if flags.get("full"):
+            for entry in found.values():
+                entry[1] = True
+        walk(sel, bool(flags.get("isouter") or flags.get("full")))
+    return [(f, o) for f, o in found.values()]
 
 
 def _make_key(

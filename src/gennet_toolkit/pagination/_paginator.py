@@ -108,12 +108,30 @@ class _Plan:
     size: int
     width: int
     scalar: bool
+    positions: tuple[int, ...]  # where each key's value sits in a result row
+    hidden: bool  # key columns were appended to the select (to be cut from the items)
     count_stmt: Any
 
 
 def _is_entity(desc: Mapping[str, Any]) -> bool:
     expr = desc.get("expr")
     return expr is not None and expr is desc.get("entity")
+
+
+def _positions(stmt: Any, keys: Sequence[SortKey], width: int) -> tuple[int, ...] | None:
+    """Indexes of the sort keys among the selected columns, if every key is selected."""
+    cols = list(stmt.selected_columns)
+    if len(cols) != width:  # an ORM entity among the columns: rows are not flat
+        return None
+    plain = [c._deannotate() if hasattr(c, "_deannotate") else c for c in cols]
+    out = []
+    for k in keys:
+        target = k.expr._deannotate() if hasattr(k.expr, "_deannotate") else k.expr
+        idx = next((i for i, c in enumerate(plain) if c is target), None)
+        if idx is None:
+            return None
+        out.append(idx)
+    return tuple(out)
 
 
 def _dialect_name(session: Any) -> str:
@@ -217,9 +235,27 @@ class CursorPaginator:
         cursor = params.get(self.cursor_param) or None
         return cursor, self.check_page_size(params.get(self.size_param))
 
-    def encode_cursor(self, values: Sequence[Any], direction: Direction, *, bound_to: str) -> str:
-        """A cursor for explicit key values (tests, admin tools); normally pages make them."""
-        return self.codec.encode(values, direction, bound_to)
+    def cursor_for(
+        self,
+        stmt: Select[Any],
+        values: Sequence[Any],
+        *,
+        direction: Direction = "a",
+        fingerprint: str | None = None,
+        order_by: Sequence[Any] | None = None,
+    ) -> str:
+        """A cursor at explicit sort-key values (the order keys, then the tiebreak), e.g.
+        a per-item Relay edge cursor; ``direction`` ``"a"`` pages after it, ``"b"`` before."""
+        require("sqlalchemy", extra="sql", feature="gennet_toolkit.pagination")
+        from gennet_toolkit.pagination._keyset import resolve_keys, spec_text
+
+        keys = resolve_keys(
+            stmt, self.order_by if order_by is None else order_by, self.tiebreak, self.nulls
+        )
+        if len(values) != len(keys):
+            raise ValueError(f"need {len(keys)} values (sort keys then tiebreak)")
+        bound = query_hash(self.name, spec_text(keys), fingerprint or "")
+        return self.codec.encode(values, direction, bound)
 
     # ------------------------------------------------------------------ paging
 
@@ -246,7 +282,17 @@ class CursorPaginator:
         bound = query_hash(self.name, spec_text(keys), fingerprint or "")
         decoded = None
         base = stmt.order_by(None)
-        q = base.add_columns(*(k.expr.label(f"_gn_key{i}") for i, k in enumerate(keys)))
+        descs = stmt.column_descriptions
+        width = len(descs)
+        scalar = width == 1 and _is_entity(descs[0])
+        positions = None if scalar else _positions(stmt, keys, width)
+        hidden = positions is None
+        if positions is None:
+            # Sort keys not in the row (or an entity row): select them under private labels.
+            q = base.add_columns(*(k.expr.label(f"_gn_key{i}") for i, k in enumerate(keys)))
+            positions = tuple(range(width, width + len(keys)))
+        else:
+            q = base
         reverse = False
         if cursor is not None:
             decoded = self.codec.decode(cursor, bound_to=bound, n_values=len(keys))
@@ -259,31 +305,23 @@ class CursorPaginator:
                 )
             )
         q = q.order_by(*(k.order_clause(reverse) for k in keys)).limit(size + 1)
-        descs = stmt.column_descriptions
         total = self.include_total if include_total is None else include_total
         count_stmt = select(func.count()).select_from(base.subquery()) if total else None
-        return _Plan(
-            q,
-            keys,
-            bound,
-            decoded,
-            size,
-            len(descs),
-            len(descs) == 1 and _is_entity(descs[0]),
-            count_stmt,
-        )
+        return _Plan(q, keys, bound, decoded, size, width, scalar, positions, hidden, count_stmt)
 
     def _finish(self, plan: _Plan, result: Any, total: int | None) -> Page[Any]:
-        width = plan.width
         rows: list[Any]
         items: list[Any]
         if plan.scalar:
-            rows = list(result.unique().all())
+            rows = list(result.unique().all())  # unique(): joined eager loads need it
             items = [r[0] for r in rows]
-        else:
-            frozen = result.freeze()
+        elif plan.hidden:
+            frozen = result.freeze()  # two views of one result: full rows, trimmed rows
             rows = list(frozen().all())
-            items = list(frozen().columns(*range(width)).all())
+            items = list(frozen().columns(*range(plan.width)).all())
+        else:
+            rows = list(result.all())
+            items = list(rows)
         size = plan.size
         more = len(rows) > size
         del rows[size:], items[size:]
@@ -293,8 +331,9 @@ class CursorPaginator:
             rows.reverse()
             items.reverse()
         encode = self.codec.encode
-        start = encode(tuple(rows[0][width:]), "b", plan.bound) if rows else None
-        end = encode(tuple(rows[-1][width:]), "a", plan.bound) if rows else None
+        pos = plan.positions
+        start = encode([rows[0][i] for i in pos], "b", plan.bound) if rows else None
+        end = encode([rows[-1][i] for i in pos], "a", plan.bound) if rows else None
         if backward:
             has_prev, has_next = more, True
         else:
