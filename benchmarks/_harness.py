@@ -160,6 +160,11 @@ class Suite:
 
     def run(self, *, write: bool = True) -> dict[str, CaseResult]:
         """Measure every case, print the Markdown summary and write JSON + Markdown files."""
+        labels = {c.label for c in self._cases}
+        unknown = sorted({x for pair in self._comparisons for x in pair} - labels)
+        if unknown:
+            # Found before minutes of measuring, not as a KeyError after them.
+            raise ValueError(f"compare() names cases that were never added: {unknown}")
         loop = asyncio.new_event_loop()
         try:
             timers = {c.label: self._timer(c, loop) for c in self._cases}
