@@ -401,3 +401,42 @@ def test_huge_or_deep_schemas_are_refused() -> None:
     big = {"properties": {f"p{i}": {"description": "x" * 1000} for i in range(300)}}
     with pytest.raises(InvalidTemplate, match="larger"):
         make(big)
+
+
+def test_digest_is_canonical_and_covers_every_field() -> None:
+    doc = make(
+        {"properties": {"b": {"type": "integer"}, "a": {"type": "string"}}},
+        tags=["y", "x"],
+        description="d",
+    ).to_dict()
+    shuffled = json.loads(json.dumps(doc, sort_keys=False))
+    shuffled["parameters"] = {"properties": dict(reversed(doc["parameters"]["properties"].items()))}
+    shuffled["tags"] = ["x", "y", "x"]
+    same = Template.from_dict(shuffled)
+    assert same.digest == Template.from_dict(doc).digest
+    assert hash(same) == hash(Template.from_dict(doc))
+    for change in (
+        {"description": "e"},
+        {"tags": ["x"]},
+        {"version": "1.0.1"},
+        {"steps": [{"name": "run", "uses": "other"}]},
+    ):
+        assert Template.from_dict({**doc, **change}).digest != same.digest
+
+
+def test_a_remote_ref_hidden_where_a_local_ref_points_is_refused() -> None:
+    schema = {
+        "properties": {"a": {"$ref": "#/x-vendor/inner"}},
+        "x-vendor": {"inner": {"$ref": "https://evil.example/s.json"}},
+    }
+    with pytest.raises(InvalidTemplate) as info:
+        make(schema)
+    assert pointers(info.value) == ["/parameters/x-vendor/inner/$ref"]
+
+
+def test_property_names_that_look_like_keywords_are_just_names() -> None:
+    t = make({"properties": {"$ref": {"type": "string"}, "pattern": {"type": "string"}}})
+    assert CompiledSchema(t.parameters).validate({"$ref": "x", "pattern": "(a+)+"}) == {
+        "$ref": "x",
+        "pattern": "(a+)+",
+    }

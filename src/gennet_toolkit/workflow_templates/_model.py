@@ -240,6 +240,9 @@ class Template:
             stuck = next(i for i, s in enumerate(self.steps) if s.name not in order)
             raise _invalid("the steps' dependencies form a cycle", f"/steps/{stuck}/depends_on")
 
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
     def to_dict(self) -> dict[str, Any]:
         """The template as JSON: what is stored, digested and compared on re-publish."""
         return {

@@ -114,14 +114,16 @@ def _walk_schema(
 
 
 def _subschemas(schema: Any) -> Iterator[tuple[dict[str, Any], tuple[str | int, ...]]]:
-    """Every object in the schema document that sits where a subschema may (over-approximated)."""
+    """Every object in the schema document that may act as a subschema.
+
+    Over-approximated on purpose: a ``$ref`` can point anywhere in the document (into
+    unknown keywords or ``default`` values too), so only name maps are skipped.
+    """
     for node, path in _walk_schema(schema):
         if isinstance(node, dict):
             parent = path[-1] if path else None
             # Under "properties"/"$defs"/… the keys are names, not keywords.
             if parent in ("properties", "$defs", "patternProperties", "dependentSchemas"):
-                continue
-            if len(path) >= 2 and path[-2] in ("enum", "const", "default", "examples"):
                 continue
             yield node, path
 
@@ -171,8 +173,6 @@ def check_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
         for kw in _PATTERN_MAP_KEYWORDS:
             if isinstance(node.get(kw), dict):
                 patterns.extend((key, (*path, kw, key)) for key in node[kw])
-        if isinstance(node.get("propertyNames"), dict) and "pattern" in node["propertyNames"]:
-            pass  # reached as its own subschema
         for pattern, where in patterns:
             try:
                 check_pattern(pattern)
