@@ -85,7 +85,7 @@ STEPS = [
     Step("qc", uses="fastqc", inputs={"reads": "${params.input}"}),
     Step(
         "align",
-        uses="${params.aligner}",
+        uses="bwa-mem2",
         inputs={"reads": "${params.input}", "ref": "${params.fasta}", "cpus": "${params.max_cpus}"},
         depends_on=["qc"],
     ),

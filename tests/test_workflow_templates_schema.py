@@ -188,6 +188,30 @@ def test_template_from_json_document_validates_shapes() -> None:
             Template.from_dict(bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("step", "pointer"),
+    [
+        ({"name": "a", "uses": "x", "inputs": [1]}, "/steps/0/inputs"),
+        ({"name": "a", "uses": "x", "inputs": None}, "/steps/0/inputs"),
+        ({"name": "a", "uses": "x", "depends_on": 5}, "/steps/0/depends_on"),
+        ({"name": "a", "uses": "x", "depends_on": [1]}, "/steps/0/depends_on"),
+        ({"name": 7, "uses": "x"}, "/steps/0/name"),
+        ({"uses": "x"}, "/steps/0/name"),
+        ({"name": "a", "uses": ["x"]}, "/steps/0/uses"),
+    ],
+)
+def test_malformed_step_documents_are_invalid_templates(step: Any, pointer: str) -> None:
+    doc = {"name": "t", "version": "1.0.0", "steps": [step]}
+    with pytest.raises(InvalidTemplate) as info:
+        Template.from_dict(doc)
+    assert pointers(info.value) == [pointer]
+
+
+def test_a_single_dependency_may_be_a_string() -> None:
+    t = make(steps=[Step("a", uses="x"), Step("b", uses="x", depends_on="a")])  # type: ignore[arg-type]
+    assert t.steps[1].depends_on == ("a",)
+
+
 def test_step_input_referring_to_an_undeclared_parameter_is_refused() -> None:
     schema = {
         "type": "object",

@@ -65,8 +65,16 @@ class Step:
     depends_on: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "depends_on", tuple(self.depends_on))
-        object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))
+        # Malformed values (from JSON) are kept as they are for Template to report
+        # with a pointer; only well-formed ones are normalised here.
+        deps: object = self.depends_on
+        if isinstance(deps, str):
+            object.__setattr__(self, "depends_on", (deps,))
+        elif isinstance(deps, list | tuple):
+            object.__setattr__(self, "depends_on", tuple(deps))
+        inputs: object = self.inputs
+        if isinstance(inputs, Mapping):
+            object.__setattr__(self, "inputs", MappingProxyType(dict(inputs)))
 
     def to_dict(self) -> dict[str, Any]:
         """The step as JSON (the form stored and digested)."""
@@ -83,8 +91,8 @@ class Step:
         return cls(
             name=data.get("name"),  # type: ignore[arg-type]  # checked by Template
             uses=data.get("uses"),  # type: ignore[arg-type]
-            inputs=data.get("inputs") or {},
-            depends_on=tuple(data.get("depends_on") or ()),
+            inputs=data.get("inputs", {}),
+            depends_on=data.get("depends_on", ()),
         )
 
 
@@ -212,6 +220,14 @@ class Template:
             if not isinstance(uses, str) or not 0 < len(uses) <= MAX_USES:
                 raise _invalid(
                     f"'uses' must be text of 1-{MAX_USES} characters", f"/steps/{i}/uses"
+                )
+            inputs: object = step.inputs
+            deps: object = step.depends_on
+            if not isinstance(inputs, Mapping):
+                raise _invalid("step inputs must be an object", f"/steps/{i}/inputs")
+            if not isinstance(deps, tuple) or not all(isinstance(d, str) for d in deps):
+                raise _invalid(
+                    "'depends_on' must be a list of step names", f"/steps/{i}/depends_on"
                 )
             try:
                 check_json_value(dict(step.inputs), what="step inputs")
