@@ -164,6 +164,22 @@ async def test_exhausted_pool_waits_a_bounded_time_then_is_unavailable(redis_url
 
 
 @pytest.mark.redis
+def test_sync_exhausted_pool_waits_a_bounded_time_then_is_unavailable(redis_url: str) -> None:
+    import redis
+
+    backend = RedisBackend(redis_url, max_connections=1, pool_timeout=0.1)
+    holder = backend.sync.subscribe("ch")  # takes the only connection
+    try:
+        with pytest.raises(ServiceUnavailable) as info:
+            backend.sync.get("k")
+        assert isinstance(info.value.__cause__, redis.exceptions.ConnectionError)
+    finally:
+        holder.close()
+    assert backend.sync.get("k") is None  # the connection came back to the pool
+    backend.close()
+
+
+@pytest.mark.redis
 def test_sync_pool_smaller_than_the_thread_burst_serves_everyone(
     redis_url: str, redis_prefix: str
 ) -> None:
@@ -228,6 +244,19 @@ async def test_scripts_are_registered_once_per_client(redis_server: RedisServer)
     assert stats["cmdstat_script|load"]["calls"] == 2
     assert stats["cmdstat_evalsha"]["calls"] == 40
     assert "cmdstat_eval" not in stats
+    await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_delete_prefix_scans_and_never_sends_keys_or_flush(redis_server: RedisServer) -> None:
+    backend = RedisBackend(redis_server.url, prefix="app:")
+    await backend.set_many({f"c:{i}": "v" for i in range(50)})
+    assert await backend.delete_prefix("c:") == 50
+    backend.sync.set_many({f"c:{i}": "v" for i in range(50)})
+    assert backend.sync.delete_prefix("c:") == 50
+    stats = await backend.client().info("commandstats")
+    assert stats["cmdstat_scan"]["calls"] >= 2
+    assert not {"cmdstat_keys", "cmdstat_flushdb", "cmdstat_flushall"} & set(stats)
     await backend.aclose()
 
 
