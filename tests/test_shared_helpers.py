@@ -14,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route
 
+from gennet_toolkit._env import env_bool, env_float, env_int, env_list, env_str
 from gennet_toolkit._routes import RouteResolver, route_template
+from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.types import ASGIApp, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
@@ -290,3 +292,120 @@ async def test_module_wrappers_share_the_mechanism(root_path: str) -> None:
         ("/api/v1/genes/net/edges/{edge_id}", root_path + "/api/v1/genes/net/edges/{edge_id}"),
         ("/tenants/{tenant}/edges/{eid}", root_path + "/tenants/{tenant}/edges/{eid}"),
     ]
+
+
+# ------------------------------------------------------------------ environment parsing
+
+SECRET = "s3cr3t-value"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        (" YES ", True),
+        ("On", True),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("OFF", False),
+    ],
+)
+def test_env_bool_reads_the_usual_spellings(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool
+) -> None:
+    monkeypatch.setenv("T_FLAG", raw)
+    assert env_bool("T_FLAG", not expected) is expected
+
+
+@pytest.mark.parametrize("reader", [env_bool, env_int, env_float, env_str])
+@pytest.mark.parametrize("raw", [None, "", "   "])
+def test_unset_or_blank_variables_give_the_default(
+    monkeypatch: pytest.MonkeyPatch, reader: Callable[..., Any], raw: str | None
+) -> None:
+    if raw is None:
+        monkeypatch.delenv("T_VAR", raising=False)
+    else:
+        monkeypatch.setenv("T_VAR", raw)
+    sentinel = object()
+    assert reader("T_VAR") is None
+    assert reader("T_VAR", sentinel) is sentinel
+
+
+@pytest.mark.parametrize(
+    ("reader", "raw", "message"),
+    [
+        (env_bool, "maybe", "T_BAD must be a boolean"),
+        (env_bool, "ture", "T_BAD must be a boolean"),
+        (env_int, "12.5", "T_BAD must be an integer"),
+        (env_int, "0x10", "T_BAD must be an integer"),
+        (env_int, "ten", "T_BAD must be an integer"),
+        (env_float, "fast", "T_BAD must be a number"),
+        (env_float, "nan", "T_BAD must be a finite number"),
+        (env_float, "-inf", "T_BAD must be a finite number"),
+    ],
+)
+def test_bad_values_raise_configuration_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, reader: Callable[[str], Any], raw: str, message: str
+) -> None:
+    monkeypatch.setenv("T_BAD", raw)
+    with pytest.raises(ConfigurationError, match=message) as info:
+        reader("T_BAD")
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("reader", [env_bool, env_int, env_float])
+def test_errors_never_echo_the_value(
+    monkeypatch: pytest.MonkeyPatch, reader: Callable[[str], Any]
+) -> None:
+    monkeypatch.setenv("T_SECRET", SECRET)
+    with pytest.raises(ConfigurationError) as info:
+        reader("T_SECRET")
+    assert SECRET not in str(info.value)
+    assert SECRET not in repr(info.value.to_problem())
+    # int()/float() errors quote the value: they must not show up in a traceback either
+    assert info.value.__cause__ is None
+    assert info.value.__context__ is None or info.value.__suppress_context__
+
+
+def test_numbers_and_strings_are_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_INT", " 42 ")
+    monkeypatch.setenv("T_NEG", "-3")
+    monkeypatch.setenv("T_FLOAT", " 2.5")
+    monkeypatch.setenv("T_STR", "  X-Request-ID ")
+    assert env_int("T_INT") == 42
+    assert env_int("T_NEG", 0) == -3
+    assert env_float("T_FLOAT") == 2.5
+    assert env_str("T_STR") == "X-Request-ID"
+
+
+def test_env_list_splits_strips_and_keeps_an_explicitly_empty_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("T_LIST", raising=False)
+    assert env_list("T_LIST") is None
+    assert env_list("T_LIST", []) == []
+    monkeypatch.setenv("T_LIST", " /health, ,/static/ ,")
+    assert env_list("T_LIST") == ["/health", "/static/"]
+    monkeypatch.setenv("T_LIST", "")
+    assert env_list("T_LIST", ["default"]) == []
+
+
+def test_modules_now_refuse_misspelt_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    # These flags used to read any unknown value as false (or true) silently.
+    from gennet_toolkit.health_checks import HealthRegistry
+    from gennet_toolkit.logging_middleware import (
+        CorrelationIdMiddleware,
+        configure_logging_from_env,
+    )
+
+    monkeypatch.setenv("T_REQUEST_ID_REJECT_INVALID", "ture")
+    with pytest.raises(ConfigurationError, match="T_REQUEST_ID_REJECT_INVALID"):
+        CorrelationIdMiddleware.from_env(plain, prefix="T_")
+    monkeypatch.setenv("T_HEALTH_DEBUG", "yse")
+    with pytest.raises(ConfigurationError, match="T_HEALTH_DEBUG"):
+        HealthRegistry.from_env("T_")
+    monkeypatch.setenv("T_LOG_UVICORN_ACCESS", "of")
+    with pytest.raises(ConfigurationError, match="T_LOG_UVICORN_ACCESS"):
+        configure_logging_from_env("T_")

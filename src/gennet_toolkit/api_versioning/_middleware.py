@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from email.utils import format_datetime
@@ -12,6 +11,7 @@ from typing import Any, Literal
 from urllib.parse import unquote_plus
 
 from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit._env import env_list, env_str
 from gennet_toolkit.api_versioning._changes import (
     ApiVersion,
     Chain,
@@ -255,22 +255,19 @@ class VersioningMiddleware:
         (comma-separated), ``{prefix}API_VERSION_HEADER``, ``{prefix}API_DEPRECATED``
         (``1=2026-12-31,2`` — version, optional sunset date) and ``{prefix}API_DOCS_URL``.
         Keyword ``overrides`` (e.g. ``changes=``) win over the environment."""
-        env = os.environ
-        versions = [v.strip() for v in env.get(f"{prefix}API_VERSIONS", "").split(",") if v.strip()]
+        versions = env_list(f"{prefix}API_VERSIONS", [])
         if not versions:
             raise ConfigurationError(f"{prefix}API_VERSIONS is not set")
-        default = env.get(f"{prefix}API_DEFAULT_VERSION", "").strip() or None
+        default = env_str(f"{prefix}API_DEFAULT_VERSION")
         kwargs: dict[str, Any] = {}
-        if strategies := env.get(f"{prefix}API_VERSION_STRATEGIES", "").strip():
-            kwargs["strategies"] = tuple(s.strip() for s in strategies.split(",") if s.strip())
-        if header := env.get(f"{prefix}API_VERSION_HEADER", "").strip():
+        if strategies := env_list(f"{prefix}API_VERSION_STRATEGIES", []):
+            kwargs["strategies"] = tuple(strategies)
+        if header := env_str(f"{prefix}API_VERSION_HEADER"):
             kwargs["header_name"] = header
-        if docs := env.get(f"{prefix}API_DOCS_URL", "").strip():
+        if docs := env_str(f"{prefix}API_DOCS_URL"):
             kwargs["docs_url"] = docs
         deprecated: dict[str, dt.date | None] = {}
-        for item in env.get(f"{prefix}API_DEPRECATED", "").split(","):
-            if not item.strip():
-                continue
+        for item in env_list(f"{prefix}API_DEPRECATED", []):
             version, _, sunset = item.partition("=")
             try:
                 deprecated[version.strip()] = (

@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import os
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
+from gennet_toolkit._env import env_bool, env_int, env_list
 from gennet_toolkit._optional import require
 from gennet_toolkit.exceptions import ConfigurationError, UnsupportedMediaType
 from gennet_toolkit.types import ASGIApp, Receive, Scope, Send
@@ -26,35 +26,6 @@ logger = logging.getLogger("gennet_toolkit.compression")
 _MIB = 1024 * 1024
 # Distinct Accept-Encoding values remembered per middleware; real traffic has a handful.
 _ACCEPT_CACHE = 256
-
-
-def _env_int(env: MutableMapping[str, str], key: str) -> int | None:
-    raw = env.get(key)
-    if raw is None or not raw.strip():
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{key} must be an integer") from None
-
-
-def _env_bool(env: MutableMapping[str, str], key: str) -> bool | None:
-    raw = env.get(key)
-    if raw is None or not raw.strip():
-        return None
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigurationError(f"{key} must be a boolean (true/false)")
-
-
-def _env_list(env: MutableMapping[str, str], key: str) -> list[str] | None:
-    raw = env.get(key)
-    if raw is None:
-        return None
-    return [p.strip() for p in raw.split(",") if p.strip()]
 
 
 class CompressionMiddleware:
@@ -181,7 +152,6 @@ class CompressionMiddleware:
         ``DECOMPRESS_REQUESTS``, ``EARLY_HEADERS`` (booleans), ``ENCODINGS`` and
         ``EXCLUDED_CONTENT_TYPES`` (comma-separated; the latter replaces the default list).
         """
-        env = os.environ
         p = f"{prefix}COMPRESSION_"
         kwargs: dict[str, Any] = {}
         for key in (
@@ -193,17 +163,17 @@ class CompressionMiddleware:
             "thread_minimum_size",
             "breach_padding",
         ):
-            value = _env_int(env, p + key.upper())
+            value = env_int(p + key.upper())
             if value is not None:
                 kwargs[key] = value
         for key in ("decompress_requests", "early_headers"):
-            flag = _env_bool(env, p + key.upper())
+            flag = env_bool(p + key.upper())
             if flag is not None:
                 kwargs[key] = flag
-        encodings = _env_list(env, p + "ENCODINGS")
+        encodings = env_list(p + "ENCODINGS")
         if encodings:
             kwargs["encodings"] = encodings
-        excluded = _env_list(env, p + "EXCLUDED_CONTENT_TYPES")
+        excluded = env_list(p + "EXCLUDED_CONTENT_TYPES")
         if excluded is not None:
             kwargs["excluded_content_types"] = excluded
         kwargs.update(overrides)

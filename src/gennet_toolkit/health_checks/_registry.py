@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -16,6 +15,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal, TypeAlias
 
+from gennet_toolkit._env import env_bool, env_float, env_str
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.health_checks._util import (
     State,
@@ -235,18 +235,14 @@ class HealthRegistry:
     def from_env(cls, prefix: str = "GENNET_", **overrides: Any) -> HealthRegistry:
         """Build from ``{prefix}HEALTH_CACHE_TTL``, ``_DEBUG``, ``_SERVICE_ID``, ``_VERSION``,
         ``_RELEASE_ID`` and ``_DESCRIPTION``; keyword arguments win over the environment."""
-        env = os.environ
         p = prefix + "HEALTH_"
         kw: dict[str, Any] = {}
-        if (ttl := env.get(p + "CACHE_TTL")) is not None:
-            try:
-                kw["cache_ttl"] = float(ttl)
-            except ValueError:
-                raise ConfigurationError(f"{p}CACHE_TTL must be a number of seconds") from None
-        if (debug := env.get(p + "DEBUG")) is not None:
-            kw["debug"] = debug.strip().lower() in {"1", "true", "yes", "on"}
+        if (ttl := env_float(p + "CACHE_TTL")) is not None:
+            kw["cache_ttl"] = ttl
+        if (debug := env_bool(p + "DEBUG")) is not None:
+            kw["debug"] = debug
         for key in ("service_id", "version", "release_id", "description"):
-            if (value := env.get(p + key.upper())) is not None:
+            if (value := env_str(p + key.upper())) is not None:
                 kw[key] = value
         kw.update(overrides)
         return cls(**kw)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_plus
 
 from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit._env import env_list, env_str
 from gennet_toolkit._routes import RouteResolver
 from gennet_toolkit._routes import route_template as _route_template
+from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.logging_middleware._correlation import SCOPE_CORRELATION_ID
 from gennet_toolkit.logging_middleware._records import current_trace_ids
 from gennet_toolkit.types import ASGIApp, Message, Receive, Scope, Send
@@ -167,19 +168,15 @@ class AccessLogMiddleware:
         """Build from ``{prefix}ACCESS_LOG_LEVEL`` (a level name),
         ``{prefix}ACCESS_LOG_EXCLUDE_PATHS`` and ``{prefix}ACCESS_LOG_HEADERS`` (comma lists).
         """
-
-        def items(name: str) -> list[str]:
-            return [p.strip() for p in os.environ.get(prefix + name, "").split(",") if p.strip()]
-
-        level_name = os.environ.get(f"{prefix}ACCESS_LOG_LEVEL", "INFO").strip().upper()
-        level = logging.getLevelNamesMapping().get(level_name)
+        name = f"{prefix}ACCESS_LOG_LEVEL"
+        level = logging.getLevelNamesMapping().get(env_str(name, "INFO").upper())
         if level is None:
-            raise ValueError(f"{prefix}ACCESS_LOG_LEVEL: unknown level {level_name!r}")
+            raise ConfigurationError(f"{name} must be a logging level name (DEBUG, INFO, ...)")
         return cls(
             app,
             level=level,
-            exclude_paths=items("ACCESS_LOG_EXCLUDE_PATHS"),
-            log_headers=items("ACCESS_LOG_HEADERS"),
+            exclude_paths=env_list(f"{prefix}ACCESS_LOG_EXCLUDE_PATHS", []),
+            log_headers=env_list(f"{prefix}ACCESS_LOG_HEADERS", []),
         )
 
     def _excluded(self, path: str) -> bool:

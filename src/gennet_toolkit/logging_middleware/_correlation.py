@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit._env import env_bool, env_str
 from gennet_toolkit.exceptions import BadRequest, GenNetError
 from gennet_toolkit.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -118,13 +119,6 @@ def bound_correlation_id(value: str | None = None) -> Iterator[str]:
         correlation_id_var.reset(token)
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _unwrap(exc: BaseException) -> BaseException:
     # anyio task groups wrap a single failure in an ExceptionGroup.
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -194,10 +188,10 @@ class CorrelationIdMiddleware:
         """
         return cls(
             app,
-            os.environ.get(f"{prefix}REQUEST_ID_HEADER", "").strip() or "X-Request-ID",
-            reject_invalid=_env_flag(f"{prefix}REQUEST_ID_REJECT_INVALID", False),
-            update_request_header=_env_flag(f"{prefix}REQUEST_ID_UPDATE_REQUEST_HEADER", True),
-            error_response=_env_flag(f"{prefix}REQUEST_ID_ERROR_RESPONSE", True),
+            env_str(f"{prefix}REQUEST_ID_HEADER", "X-Request-ID"),
+            reject_invalid=env_bool(f"{prefix}REQUEST_ID_REJECT_INVALID", False),
+            update_request_header=env_bool(f"{prefix}REQUEST_ID_UPDATE_REQUEST_HEADER", True),
+            error_response=env_bool(f"{prefix}REQUEST_ID_ERROR_RESPONSE", True),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

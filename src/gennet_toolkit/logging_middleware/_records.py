@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit._env import env_bool, env_str
+from gennet_toolkit.exceptions import ConfigurationError
 
 __all__ = [
     "CorrelationIdFilter",
@@ -274,16 +275,15 @@ def configure_logging_from_env(
     ``{prefix}LOG_FORMAT`` (``json``, the default, or ``text``) and
     ``{prefix}LOG_UVICORN_ACCESS`` (``0`` silences uvicorn's access log).
     """
-    level = os.environ.get(f"{prefix}LOG_LEVEL", "").strip().upper() or "INFO"
+    level = env_str(f"{prefix}LOG_LEVEL", "INFO").upper()
     if level not in logging.getLevelNamesMapping():
-        raise ValueError(f"{prefix}LOG_LEVEL: unknown level {level!r}")
-    fmt = os.environ.get(f"{prefix}LOG_FORMAT", "").strip().lower() or "json"
+        raise ConfigurationError(f"{prefix}LOG_LEVEL must be a logging level name (DEBUG, ...)")
+    fmt = env_str(f"{prefix}LOG_FORMAT", "json").lower()
     if fmt not in {"json", "text"}:
-        raise ValueError(f"{prefix}LOG_FORMAT must be 'json' or 'text', got {fmt!r}")
-    access = os.environ.get(f"{prefix}LOG_UVICORN_ACCESS", "").strip().lower()
+        raise ConfigurationError(f"{prefix}LOG_FORMAT must be 'json' or 'text'")
     return configure_logging(
         level,
         json=fmt == "json",
         stream=stream,
-        uvicorn_access=access not in {"0", "false", "no", "off"},
+        uvicorn_access=env_bool(f"{prefix}LOG_UVICORN_ACCESS", True),
     )

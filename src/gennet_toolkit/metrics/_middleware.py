@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from gennet_toolkit._env import env_bool, env_list, env_str
 from gennet_toolkit._routes import RouteResolver
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.metrics._registry import (
@@ -147,20 +147,20 @@ class PrometheusMiddleware:
         seconds), ``METRICS_PREFIX``, ``METRICS_GROUP_STATUS_CODES`` and
         ``METRICS_EXEMPLARS`` (true/false).
         """
-        env = os.environ
+        p = f"{prefix}METRICS_"
         options: dict[str, Any] = {}
-        if (value := env.get(f"{prefix}METRICS_EXCLUDE_PATHS")) is not None:
-            options["exclude_paths"] = [p.strip() for p in value.split(",") if p.strip()]
-        if (value := env.get(f"{prefix}METRICS_BUCKETS")) is not None:
+        if (paths := env_list(p + "EXCLUDE_PATHS")) is not None:
+            options["exclude_paths"] = paths
+        if (buckets := env_list(p + "BUCKETS")) is not None:
             try:
-                options["buckets"] = [float(b) for b in value.split(",") if b.strip()]
+                options["buckets"] = [float(b) for b in buckets]
             except ValueError:
-                raise ConfigurationError(f"{prefix}METRICS_BUCKETS must be numbers") from None
-        if (value := env.get(f"{prefix}METRICS_PREFIX")) is not None:
-            options["prefix"] = value
+                raise ConfigurationError(f"{p}BUCKETS must be numbers") from None
+        if (metric_prefix := env_str(p + "PREFIX")) is not None:
+            options["prefix"] = metric_prefix
         for name in ("group_status_codes", "exemplars"):
-            if (value := env.get(f"{prefix}METRICS_{name.upper()}")) is not None:
-                options[name] = _env_bool(f"{prefix}METRICS_{name.upper()}", value)
+            if (flag := env_bool(p + name.upper())) is not None:
+                options[name] = flag
         options.update(overrides)
         return cls(app, **options)
 
@@ -284,12 +284,3 @@ def _check_buckets(buckets: Sequence[float], name: str) -> list[float]:
     if not values or any(b <= a for a, b in itertools.pairwise(values)):
         raise ConfigurationError(f"{name} must be a non-empty increasing sequence")
     return values
-
-
-def _env_bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigurationError(f"{name} must be true or false")

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from gennet_toolkit._env import env_float, env_int, env_str
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.monitoring import _windows as w
 from gennet_toolkit.monitoring._export import rules_yaml, write_atomically
@@ -21,7 +22,6 @@ from gennet_toolkit.monitoring._notifiers import (
     Notifier,
     WebhookNotifier,
     _Channel,
-    _env_float,
 )
 from gennet_toolkit.monitoring._rules import AGGREGATIONS, Alert, AlertRule, AlertState, is_name
 
@@ -109,19 +109,14 @@ class Monitor:
         ``_NAME``; notifiers are a :class:`LogNotifier` plus a :class:`WebhookNotifier` when
         ``{prefix}MONITOR_WEBHOOK_URL`` is set. Keyword ``overrides`` win."""
         p = f"{prefix}MONITOR_"
-        queue = os.environ.get(f"{p}QUEUE_SIZE", "256")
-        try:
-            queue_size = int(queue)
-        except ValueError:
-            raise ConfigurationError(f"{p}QUEUE_SIZE must be an integer") from None
         notifiers: list[Notifier] = [LogNotifier()]
-        if os.environ.get(f"{p}WEBHOOK_URL"):
+        if env_str(f"{p}WEBHOOK_URL") is not None:
             notifiers.append(WebhookNotifier.from_env(prefix))
         kwargs: dict[str, Any] = {
-            "evaluation_interval": _env_float(f"{p}EVALUATION_INTERVAL", 15.0),
-            "notify_timeout": _env_float(f"{p}NOTIFY_TIMEOUT", 10.0),
-            "queue_size": queue_size,
-            "name": os.environ.get(f"{p}NAME", "gennet"),
+            "evaluation_interval": env_float(f"{p}EVALUATION_INTERVAL", 15.0),
+            "notify_timeout": env_float(f"{p}NOTIFY_TIMEOUT", 10.0),
+            "queue_size": env_int(f"{p}QUEUE_SIZE", 256),
+            "name": env_str(f"{p}NAME", "gennet"),
             "notifiers": notifiers,
         }
         kwargs.update(overrides)

@@ -8,12 +8,12 @@ import contextlib
 import datetime as dt
 import inspect
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+from gennet_toolkit._env import env_float, env_str
 from gennet_toolkit._optional import require
 from gennet_toolkit.exceptions import ConfigurationError
 
@@ -174,10 +174,10 @@ class WebhookNotifier:
     @classmethod
     def from_env(cls, prefix: str = "GENNET_") -> WebhookNotifier:
         """From ``{prefix}MONITOR_WEBHOOK_URL`` and ``{prefix}MONITOR_WEBHOOK_TIMEOUT``."""
-        url = os.environ.get(f"{prefix}MONITOR_WEBHOOK_URL")
-        if not url:
+        url = env_str(f"{prefix}MONITOR_WEBHOOK_URL")
+        if url is None:
             raise ConfigurationError(f"{prefix}MONITOR_WEBHOOK_URL is not set")
-        timeout = _env_float(f"{prefix}MONITOR_WEBHOOK_TIMEOUT", 5.0)
+        timeout = env_float(f"{prefix}MONITOR_WEBHOOK_TIMEOUT", 5.0)
         return cls(url, timeout=timeout)
 
     async def send(self, event: AlertEvent) -> None:
@@ -210,16 +210,6 @@ class WebhookNotifier:
 
     def __repr__(self) -> str:
         return f"WebhookNotifier({self._safe_url!r})"
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number") from None
 
 
 class _Channel:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from gennet_toolkit._env import env_list
 from gennet_toolkit._routes import RouteResolver
 from gennet_toolkit._routes import route_template as _route_template
 from gennet_toolkit._version import __version__
@@ -127,8 +127,7 @@ class TracingMiddleware:
         tracer_provider: TracerProvider | None = None,
     ) -> TracingMiddleware:
         """Build from ``{prefix}TRACING_EXCLUDE_PATHS`` (comma-separated paths)."""
-        raw = os.environ.get(f"{prefix}TRACING_EXCLUDE_PATHS", "")
-        paths = [p.strip() for p in raw.split(",") if p.strip()]
+        paths = env_list(f"{prefix}TRACING_EXCLUDE_PATHS", [])
         return cls(app, tracer_provider=tracer_provider, exclude_paths=paths)
 
     def _start_attributes(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar, cast
@@ -11,6 +10,7 @@ from typing import Any, TypeVar, cast
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit._env import env_int, env_list
 from gennet_toolkit.exceptions import (
     BadRequest,
     ConfigurationError,
@@ -257,13 +257,8 @@ class BodySizeLimitMiddleware:
     def from_env(cls, app: ASGIApp, *, prefix: str = "GENNET_") -> BodySizeLimitMiddleware:
         """Configure from ``{prefix}MAX_BODY_SIZE`` (bytes) and ``{prefix}MAX_BODY_EXCLUDE``
         (comma-separated path prefixes)."""
-        raw = os.environ.get(f"{prefix}MAX_BODY_SIZE", str(DEFAULT_MAX_SIZE))
-        try:
-            max_size = int(raw)
-        except ValueError:
-            raise ConfigurationError(f"{prefix}MAX_BODY_SIZE must be an integer") from None
-        excl = os.environ.get(f"{prefix}MAX_BODY_EXCLUDE", "")
-        paths = [p.strip() for p in excl.split(",") if p.strip()]
+        max_size = env_int(f"{prefix}MAX_BODY_SIZE", DEFAULT_MAX_SIZE)
+        paths = env_list(f"{prefix}MAX_BODY_EXCLUDE", [])
         return cls(app, max_size=max_size, exclude_paths=paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
