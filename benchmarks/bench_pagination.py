@@ -7,9 +7,9 @@ Suites:
   ``(score, id)``, through ``CursorPaginator.paginate`` (keyset, cursor decoded, checked
   and re-encoded) and through a plain Core ``OFFSET … LIMIT 50`` query. Goal: keyset time
   flat in N (deepest/first under 1.5), while OFFSET grows with N.
-- ``pagination-cursor``: one cursor encode + HMAC sign + verify + decode (2 sort keys),
-  vs sqlakeyset's bookmark serialise + parse (unsigned plain text) and vs a bare
-  json + base64 + HMAC baseline. Goal: under 20 µs.
+- ``pagination-cursor``: one cursor encode + HMAC sign + verify + decode (2 sort keys;
+  also with AES-GCM encryption), vs sqlakeyset's bookmark serialise + parse (unsigned
+  plain text) and vs a bare json + base64 + HMAC baseline. Goal: under 20 µs.
 
 The SQLite table lives in /tmp (reused between runs); on PostgreSQL (``DATABASE_URL``,
 default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``) the table is created with
@@ -177,7 +177,13 @@ def cursor_suite() -> Suite:
             raise ValueError("bad")
         return json.loads(raw[:-16])
 
+    sealed = CursorCodec(secret=SECRET, encrypt=True)
+
+    def ours_encrypted() -> Any:
+        return sealed.decode(sealed.encode(values, "a", "bound"), bound_to="bound", n_values=2)
+
     suite.add("ours (signed, typed)", ours)
+    suite.add("ours (AES-GCM encrypted)", ours_encrypted)
     suite.add("json+base64+hmac", baseline)
     suite.compare("ours (signed, typed)", "json+base64+hmac")
     try:

@@ -380,7 +380,9 @@ def test_from_env_reads_sizes_secret_and_age(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("APP_PAGINATION_MAX_PAGE_SIZE", "100")
     monkeypatch.setenv("APP_PAGINATION_SECRET", "k" * 32 + ",old-" + "o" * 20)
     monkeypatch.setenv("APP_PAGINATION_MAX_AGE", "3600")
+    monkeypatch.setenv("APP_PAGINATION_ENCRYPT", "true")
     pager = CursorPaginator.from_env(prefix="APP_", order_by=[Gene.score])
+    assert pager.codec.encrypted
     assert (pager.page_size, pager.max_page_size) == (20, 100)
     assert pager.codec.signed
     assert pager.codec.max_age == 3600

@@ -507,3 +507,70 @@ def test_fuzzed_typed_cursor_pages_or_is_400_never_a_driver_error(
     except InvalidCursor:
         return
     assert len(page.items) <= 3
+
+
+# --------------------------------------------------------------------------- encryption
+
+
+def test_encrypted_cursor_hides_sort_key_values_and_round_trips() -> None:
+    codec = CursorCodec(secret=SECRET, encrypt=True)
+    assert codec.encrypted
+    text = codec.encode(["alice@example.org", 42], "a", BOUND)
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    assert b"alice" not in raw
+    assert b"example" not in raw
+    assert text != codec.encode(["alice@example.org", 42], "a", BOUND)  # fresh nonce
+    assert codec.decode(text, bound_to=BOUND, n_values=2).values == ("alice@example.org", 42)
+
+
+def test_encrypted_cursor_tampered_or_foreign_is_rejected() -> None:
+    codec = CursorCodec(secret=SECRET, encrypt=True)
+    text = codec.encode([1], "a", BOUND)
+    raw = bytearray(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    for i in range(1, len(raw)):
+        flipped = bytearray(raw)
+        flipped[i] ^= 0x80
+        forged = base64.urlsafe_b64encode(bytes(flipped)).rstrip(b"=").decode()
+        with pytest.raises(InvalidCursor) as info:
+            codec.decode(forged, bound_to=BOUND, n_values=1)
+        assert info.value.reason == "signature"
+    for other in (
+        CursorCodec(secret="another-secret-" + "a" * 20, encrypt=True),
+        CursorCodec(secret=SECRET),  # signed-only cursors are not accepted either way
+    ):
+        with pytest.raises(InvalidCursor):
+            other.decode(text, bound_to=BOUND, n_values=1)
+    with pytest.raises(InvalidCursor):
+        codec.decode(CursorCodec(secret=SECRET).encode([1], "a", BOUND), bound_to=BOUND, n_values=1)
+    rotated = CursorCodec(secret=["new-secret-" + "n" * 20, SECRET], encrypt=True)
+    assert rotated.decode(text, bound_to=BOUND, n_values=1).values == (1,)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(
+        alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", max_size=200
+    )
+)
+def test_encrypted_decoder_fuzz_is_a_cursor_or_invalid_cursor(text: str) -> None:
+    with contextlib.suppress(InvalidCursor):
+        CursorCodec(secret=SECRET, encrypt=True).decode(text, bound_to=BOUND, n_values=1)
+
+
+def test_encrypt_needs_a_secret() -> None:
+    with pytest.raises(ValueError, match="secret"):
+        CursorCodec(encrypt=True)
+
+
+def test_encrypted_paginator_pages_every_row(session: Session) -> None:
+    pager = CursorPaginator(order_by=[Gene.symbol], secret=SECRET, encrypt=True, page_size=6)
+    seen, cursor = [], None
+    while True:
+        page = pager.paginate(session, select(Gene), cursor)
+        seen += [g.id for g in page.items]
+        if not page.has_next:
+            break
+        cursor = page.next_cursor
+        assert cursor is not None
+        assert b"g0" not in base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    assert seen == list(range(1, 21))

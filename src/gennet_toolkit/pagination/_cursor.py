@@ -3,10 +3,13 @@
 Layout (before base64url, no padding)::
 
     0x01 | canonical JSON [direction, issued_at, query_hash, [values...]] | HMAC tag (16 bytes)
+    0x01 | nonce (12 bytes) | AES-256-GCM(JSON) with its tag     (encrypt=True)
 
-The tag is present only when a secret is configured. ``query_hash`` binds the cursor to
-one paginator, sort spec and filter fingerprint. The decoder treats every byte as hostile:
-any failure is an :class:`InvalidCursor` (400), never another exception.
+The HMAC tag is present only when a secret is configured; with ``encrypt=True`` the
+payload is sealed with AES-GCM instead (confidential and authenticated). ``query_hash``
+binds the cursor to one paginator, sort spec and filter fingerprint. The decoder treats
+every byte as hostile: any failure is an :class:`InvalidCursor` (400), never another
+exception.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import os
 import re
 import time
 import uuid
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Literal
 
+from gennet_toolkit._optional import require
 from gennet_toolkit.exceptions import BadRequest, ConfigurationError, FieldError
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
 CURSOR_VERSION: Final = 1
 _VERSION_BYTE: Final = bytes([CURSOR_VERSION])
 _TAG_SIZE: Final = 16
+_NONCE_SIZE: Final = 12
 _MIN_SECRET_BYTES: Final = 16
 _INT64 = (-(2**63), 2**63 - 1)
 _MAX_DECIMAL_DIGITS = 1000
@@ -190,8 +196,10 @@ class CursorCodec:
     """Encodes and strictly decodes cursors.
 
     ``secret`` (str or bytes, or a sequence of them for rotation: the first signs, all
-    verify) turns on HMAC-SHA256 signing; ``max_age`` (seconds) expires cursors;
-    ``max_length`` caps the accepted cursor text before any work is done.
+    verify) turns on HMAC-SHA256 signing; ``encrypt=True`` seals cursors with AES-256-GCM
+    under a key derived from the secret instead, so sort-key values cannot be read from
+    them (needs ``cryptography``); ``max_age`` (seconds) expires cursors; ``max_length``
+    caps the accepted cursor text before any work is done.
     """
 
     def __init__(
@@ -201,6 +209,7 @@ class CursorCodec:
         max_age: float | None = None,
         max_length: int = 2048,
         param: str = "cursor",
+        encrypt: bool = False,
     ) -> None:
         if secret is None:
             self._keys: tuple[bytes, ...] = ()
@@ -212,14 +221,36 @@ class CursorCodec:
                 raise ConfigurationError("secret= is an empty sequence")
         if max_age is not None and max_age <= 0:
             raise ConfigurationError("max_age must be positive")
+        self._aeads: tuple[Any, ...] = ()
+        self._invalid_tag: type[Exception] = Exception
+        if encrypt:
+            if not self._keys:
+                raise ConfigurationError("encrypt=True needs a secret")
+            aead = require(
+                "cryptography.hazmat.primitives.ciphers.aead",
+                extra="crypto",
+                feature="gennet_toolkit.pagination (encrypt=True)",
+            )
+            self._invalid_tag = require(
+                "cryptography.exceptions", extra="crypto", feature="gennet_toolkit.pagination"
+            ).InvalidTag
+            # A separate key for encryption, derived so the HMAC key is never reused.
+            self._aeads = tuple(
+                aead.AESGCM(hmac.digest(k, b"gennet-cursor-aes-gcm", "sha256")) for k in self._keys
+            )
         self.max_age = max_age
         self.max_length = max_length
         self.param = param
 
     @property
     def signed(self) -> bool:
-        """Whether cursors carry (and must carry) an HMAC tag."""
+        """Whether cursors are authenticated (HMAC tag or AES-GCM)."""
         return bool(self._keys)
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether cursors are sealed with AES-GCM (their values are not readable)."""
+        return bool(self._aeads)
 
     def encode(
         self,
@@ -233,7 +264,11 @@ class CursorCodec:
         iat = int(time.time()) if issued_at is None else issued_at
         payload = [direction, iat, bound_to, [_encode_value(v) for v in values]]
         body = _VERSION_BYTE + _dumps(payload).encode("utf-8")
-        if self._keys:
+        if self._aeads:
+            nonce = os.urandom(_NONCE_SIZE)
+            sealed = self._aeads[0].encrypt(nonce, body[1:], _VERSION_BYTE)
+            body = _VERSION_BYTE + nonce + sealed
+        elif self._keys:
             body += hmac.digest(self._keys[0], body, "sha256")[:_TAG_SIZE]
         return base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
 
@@ -248,7 +283,9 @@ class CursorCodec:
             raise bad("malformed") from None
         if raw[:1] != _VERSION_BYTE:
             raise bad("version" if raw else "malformed")
-        if self._keys:
+        if self._aeads:
+            body = self._open(raw)
+        elif self._keys:
             body, tag = raw[:-_TAG_SIZE], raw[-_TAG_SIZE:]
             if len(body) < 2 or not any(
                 hmac.compare_digest(hmac.digest(k, body, "sha256")[:_TAG_SIZE], tag)
@@ -280,6 +317,17 @@ class CursorCodec:
         ):
             raise bad("expired")
         return Cursor(values, direction, bound, iat)
+
+    def _open(self, raw: bytes) -> bytes:
+        nonce, sealed = raw[1 : 1 + _NONCE_SIZE], raw[1 + _NONCE_SIZE :]
+        if len(sealed) <= _TAG_SIZE:
+            raise self._invalid("signature")
+        for aead in self._aeads:
+            try:
+                return _VERSION_BYTE + bytes(aead.decrypt(nonce, sealed, _VERSION_BYTE))
+            except self._invalid_tag:  # another key's cursor, or tampered: try the next key
+                continue
+        raise self._invalid("signature")
 
     def _invalid(self, reason: str) -> InvalidCursor:
         return InvalidCursor(reason, param=self.param)

@@ -147,8 +147,9 @@ class CursorPaginator:
     column names like ``"-score"``); the primary keys of the selected tables are appended
     as a unique tiebreak unless ``tiebreak=`` names the columns. ``nulls`` places NULLs
     (``"last"`` or ``"first"``) for keys that do not say, identically on every database.
-    Cursors are signed with ``secret`` (a list rotates keys), expire after ``max_age``
-    seconds when set, and are bound to ``name``, the sort and the filter ``fingerprint``.
+    Cursors are signed with ``secret`` (a list rotates keys) or, with ``encrypt=True``,
+    sealed with AES-GCM so sort-key values stay unreadable; they expire after ``max_age``
+    seconds when set and are bound to ``name``, the sort and the filter ``fingerprint``.
     """
 
     def __init__(
@@ -166,6 +167,7 @@ class CursorPaginator:
         cursor_param: str = "cursor",
         size_param: str = "page_size",
         max_cursor_length: int = 2048,
+        encrypt: bool = False,
     ) -> None:
         if not 1 <= page_size <= max_page_size:
             raise ConfigurationError("need 1 <= page_size <= max_page_size")
@@ -181,14 +183,19 @@ class CursorPaginator:
         self.cursor_param = cursor_param
         self.size_param = size_param
         self.codec = CursorCodec(
-            secret=secret, max_age=max_age, max_length=max_cursor_length, param=cursor_param
+            secret=secret,
+            max_age=max_age,
+            max_length=max_cursor_length,
+            param=cursor_param,
+            encrypt=encrypt,
         )
 
     @classmethod
     def from_env(cls, prefix: str = "GENNET_", **overrides: Any) -> CursorPaginator:
         """Configure from ``{prefix}PAGINATION_PAGE_SIZE``, ``…_MAX_PAGE_SIZE``,
-        ``…_SECRET`` (comma-separated: the first signs, all verify), ``…_MAX_AGE``
-        (seconds) and ``…_NULLS``; keyword ``overrides`` (``order_by=`` …) win."""
+        ``…_SECRET`` (comma-separated: the first signs, all verify), ``…_ENCRYPT``
+        (``1``/``true``), ``…_MAX_AGE`` (seconds) and ``…_NULLS``; keyword ``overrides``
+        (``order_by=`` …) win."""
         env = os.environ
         p = f"{prefix}PAGINATION_"
         kwargs: dict[str, Any] = {}
@@ -203,6 +210,8 @@ class CursorPaginator:
             raise ConfigurationError(f"{p}* sizes and ages must be numbers") from None
         if secrets := [s.strip() for s in env.get(p + "SECRET", "").split(",") if s.strip()]:
             kwargs["secret"] = secrets
+        if env.get(p + "ENCRYPT", "").strip().lower() in {"1", "true", "yes", "on"}:
+            kwargs["encrypt"] = True
         if v := env.get(p + "NULLS", "").strip():
             kwargs["nulls"] = v
         kwargs.update(overrides)
