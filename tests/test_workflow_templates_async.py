@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gennet_toolkit.error_handler import install_error_handlers
-from gennet_toolkit.exceptions import Conflict, NotFound, ValidationFailed
+from gennet_toolkit.exceptions import Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from gennet_toolkit.workflow_templates import (
     AsyncSqlTemplateStore,
     AsyncTemplateRegistry,
@@ -25,7 +25,7 @@ from gennet_toolkit.workflow_templates import (
     Template,
     WorkflowRun,
 )
-from tests.services import Database
+from tests.services import Database, closed_port_url
 
 pytestmark = pytest.mark.anyio
 
@@ -118,6 +118,22 @@ async def test_concurrent_async_publishes_have_exactly_one_winner(
     assert len(winners) == 1
     assert all(isinstance(r, Conflict) for r in results if r not in winners)
     assert (await registry.get("grn-knockout-sim")).digest == winners[0].digest
+
+
+async def test_unreachable_database_is_503_on_the_async_registry() -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    # asyncpg raises a bare ConnectionRefusedError here, not a SQLAlchemy error.
+    engine = create_async_engine(closed_port_url("postgresql+asyncpg"))
+    registry = AsyncTemplateRegistry(AsyncSqlTemplateStore(engine))
+    try:
+        with pytest.raises(ServiceUnavailable) as info:
+            await registry.get("grn-knockout-sim")
+        assert info.value.status_code == 503
+        with pytest.raises(ServiceUnavailable):
+            await registry.create(template())
+    finally:
+        await engine.dispose()
 
 
 # --------------------------------------------------------------------------- HTTP

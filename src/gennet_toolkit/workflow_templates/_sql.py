@@ -155,8 +155,9 @@ def _db_errors() -> Iterator[None]:
     sa_exc = require("sqlalchemy.exc", extra="sql", feature=_FEATURE)
     try:
         yield
-    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError) as exc:
         # The database is down or unreachable: a 503 the caller may retry, not a 500.
+        # (asyncpg lets a refused connection through as a bare OSError.)
         raise ServiceUnavailable("The workflow template store is unavailable.") from exc
 
 
