@@ -229,7 +229,7 @@ class TableInfo:
         )
         rows: list[Row] = []
         for i, item in enumerate(items):
-            if not isinstance(item, Mapping):
+            if type(item) is not dict and not isinstance(item, Mapping):
                 errors[i] = ItemError.of(i, "invalid_item")
                 continue
             keys = item.keys()
@@ -272,21 +272,22 @@ class TableInfo:
         """Flag every item whose unique key repeats an earlier item's (first one wins)."""
         for key in self.unique_keys:
             getter = operator.itemgetter(*key)
+            first, keyset, composite = key[0], frozenset(key), len(key) > 1
             seen: set[Any] = set()
             out: list[Row] = []
-            for i, item in rows:
-                try:
-                    value = getter(item)
-                except KeyError:  # key not supplied: the database fills it in
-                    out.append((i, item))
+            for row in rows:
+                item = row[1]
+                if not item.keys() >= keyset:
+                    out.append(row)  # key not supplied: the database fills it in
                     continue
-                if value is None or (len(key) > 1 and None in value):
-                    out.append((i, item))  # NULLs never collide in a unique key
+                value = getter(item)
+                if value is None or (composite and None in value):
+                    out.append(row)  # NULLs never collide in a unique key
                 elif value in seen:
-                    errors[i] = ItemError.of(i, "duplicate_in_batch", key[0])
+                    errors[row[0]] = ItemError.of(row[0], "duplicate_in_batch", first)
                 else:
                     seen.add(value)
-                    out.append((i, item))
+                    out.append(row)
             rows = out
         return rows
 
