@@ -129,6 +129,10 @@ except ImportError as exc:
         raise
     raise SystemExit(0)
 if mod == "gennet_toolkit.backends":
+    # The Lua scripts are package data: the installed wheel must carry every one.
+    from gennet_toolkit.backends._redis_ops import SCRIPTS, script
+    for name in SCRIPTS:
+        script(name)
     from gennet_toolkit.backends import from_url
     try:
         from_url("redis://127.0.0.1:6379/0")
