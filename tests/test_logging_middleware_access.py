@@ -18,6 +18,7 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -337,6 +338,32 @@ async def test_streaming_duration_and_bytes_cover_the_whole_body(
     assert r.content == b"abcdef"
     assert cap.json[0]["bytes_sent"] == 6
     assert cap.json[0]["route"] == "/s"
+
+
+async def test_duration_stops_at_the_last_body_byte_not_after_background_tasks(
+    access: tuple[logging.Logger, Capture], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger, cap = access
+    # perf_counter jumps an hour while the background task runs: a duration that waited
+    # for the task would show it, whatever the machine's speed.
+    jump = [0.0]
+    real = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + jump[0])
+
+    def slow_job() -> None:
+        jump[0] += 3600.0
+
+    async def endpoint(request: Request) -> Response:
+        return PlainTextResponse("ok", background=BackgroundTask(slow_job))
+
+    app = AccessLogMiddleware(Starlette(routes=[Route("/bg", endpoint)]), logger=logger)
+    async with client(app) as c:
+        r = await c.get("/bg")
+    assert r.text == "ok"
+    assert jump[0] == 3600.0  # the task ran before the line was logged
+    (line,) = cap.json
+    assert line["status"] == 200
+    assert line["duration_ms"] < 3_600_000
 
 
 async def test_excluded_paths_are_exact_or_explicit_prefixes(
