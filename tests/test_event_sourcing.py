@@ -119,7 +119,10 @@ def test_stale_expected_version_raises_concurrency_error(store: EventStore) -> N
         store.append("s", [ev()], expected_version=0)
     assert isinstance(info.value, ConcurrencyError)
     assert (info.value.expected_version, info.value.actual_version) == (0, 1)
-    assert info.value.to_problem()["status"] == 409
+    problem = info.value.to_problem()
+    assert problem["status"] == 409
+    assert problem["code"] == "concurrency_conflict"
+    assert '"s"' not in str(problem)  # the stream id stays out of the body
     with pytest.raises(WrongExpectedVersion):
         store.append("s", [ev()], expected_version=5)  # ahead of the stream is wrong too
     assert len(store.read_stream("s")) == 1
@@ -451,6 +454,21 @@ def test_unknown_types_decode_to_recorded_events_or_raise_when_strict() -> None:
         EventRegistry(strict=True).decode(event)
     assert info.value.position == 7
     assert "boom" not in info.value.to_problem()["detail"]
+
+
+def test_decoding_never_imports_what_the_database_names(store: EventStore) -> None:
+    import sys
+
+    assert "this" not in sys.modules  # importing it prints the Zen of Python
+    store.append("s", [NewEvent("this:Zen"), NewEvent("this")], 0)
+    for strict in (False, True):
+        reg = EventRegistry(strict=strict)
+        for event in store.read_all():
+            try:
+                assert reg.decode(event) is event
+            except UnknownEventType:
+                assert strict
+    assert "this" not in sys.modules
 
 
 @pytest.mark.parametrize(

@@ -308,3 +308,44 @@ def test_a_failed_shared_transaction_fails_every_append_in_it(store: EventStore)
     assert len({id(e) for e in errors}) == 3  # each caller raises its own copy
     assert [e.stream_id for e in store.read_all()] == ["s0"]
     assert store.verify().ok
+
+
+@pytest.mark.parametrize("in_callers_transaction", [False, True])
+def test_a_writer_bypassing_the_lock_collides_instead_of_forking_the_chain(
+    store: EventStore, in_callers_transaction: bool
+) -> None:
+    if store.engine.dialect.name == "sqlite" and not in_callers_transaction:
+        pytest.skip("BEGIN IMMEDIATE keeps every other SQLite writer out until the commit")
+    store.append("s", [NewEvent("E")], 0)
+    when = store.read_all()[0].occurred_at.replace(tzinfo=None)
+    rogue = {
+        "position": 2,
+        "stream_id": "rogue",
+        "version": 1,
+        "type": "E",
+        "schema_version": 1,
+        "data": "{}",
+        "meta": "{}",
+        "occurred_at": when,
+        "hash": "0" * 64,
+    }
+    fired: list[bool] = []
+
+    @sa_event.listens_for(store.engine, "before_cursor_execute")
+    def sneak_in(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # Right before the store's INSERT, another connection (not taking the append
+        # lock) commits a row at the position the store is about to use.
+        if statement.lstrip().upper().startswith("INSERT") and not fired:
+            fired.append(True)
+            with store.engine.connect() as other:
+                other.execute(store.events_table.insert(), rogue)
+                other.commit()
+
+    if in_callers_transaction:
+        with store.engine.connect() as conn, pytest.raises(ConcurrencyError):
+            store.append("s", [NewEvent("E")], 1, connection=conn)
+    else:
+        with pytest.raises(ConcurrencyError):
+            store.append("s", [NewEvent("E")], 1)
+    assert [(e.position, e.stream_id) for e in store.read_all()] == [(1, "s"), (2, "rogue")]
+    assert store.verify().first_broken == 2  # and the rogue row is not a valid link

@@ -199,9 +199,9 @@ class EventStore(_Base[sa.Engine]):
                 result = op.fn(conn)
 
     def _run(self, plan: Plan[T], *, write: bool, connection: sa.Connection | None = None) -> T:
-        if connection is not None:
-            return self._drive(connection, plan)
         try:
+            if connection is not None:
+                return self._drive(connection, plan)
             with self.engine.connect() as conn:
                 if write and self._core.sqlite:
                     # Take SQLite's write lock before reading the head: positions
@@ -454,9 +454,9 @@ class AsyncEventStore(_Base[AsyncEngine]):
     async def _run(
         self, plan: Plan[T], *, write: bool, connection: AsyncConnection | None = None
     ) -> T:
-        if connection is not None:
-            return await self._drive(connection, plan)
         try:
+            if connection is not None:
+                return await self._drive(connection, plan)
             async with self.engine.connect() as conn:
                 if write and self._core.sqlite:
                     await conn.exec_driver_sql("BEGIN IMMEDIATE")
