@@ -434,3 +434,38 @@ def test_memory_backend_starts_no_thread() -> None:
     backend.sync.set("k", "v", ttl=1)
     backend.sync.subscribe("ch").close()
     assert threading.active_count() == before
+
+
+def test_sync_form_runs_no_event_loop_and_starts_no_thread(
+    kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = make_backend(kind, request, FakeClock())
+    s = backend.sync
+    s.ping()  # connect first: a pool may open sockets, but never a loop or a thread
+
+    def no_loop(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the sync form started an event loop")
+
+    # asyncio.run and asyncio.Runner both reach events.new_event_loop.
+    monkeypatch.setattr(asyncio, "new_event_loop", no_loop)
+    monkeypatch.setattr(asyncio.events, "new_event_loop", no_loop)
+    before = threading.active_count()
+    assert s.set("k", "v", ttl=30) is True
+    assert s.get("k") == b"v"
+    s.set_many({"a": "1", "b": "2"}, ttl=30)
+    assert s.get_many(["a", "b"]) == [b"1", b"2"]
+    assert s.ttl("k") is not None
+    assert s.expire("k", 30) is True
+    assert s.incr("n", ttl=30) == 1
+    assert s.compare_and_set("k", "v", "w") is True
+    with s.lock("job", ttl=30) as lock:
+        assert lock.extend() is True
+    with s.subscribe("ch") as sub:
+        assert s.publish("ch", "x") == 1
+        assert sub.get(timeout=5) is not None
+    for window in (s.fixed_window, s.sliding_window, s.gcra):
+        assert window("rl", 5, 60).allowed
+    assert s.delete_prefix("") >= 1
+    assert s.delete("k") == 0
+    assert threading.active_count() == before
+    s.close()
