@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -464,3 +466,77 @@ def test_property_names_that_look_like_keywords_are_just_names() -> None:
         "$ref": "x",
         "pattern": "(a+)+",
     }
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.text(max_size=40))
+def test_any_pattern_text_is_either_accepted_or_refused_cleanly(pattern: str) -> None:
+    with contextlib.suppress(UnsafePattern):
+        check_pattern(pattern)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["name", "version", "steps", "parameters", "tags", "description", "x"]),
+        _json,
+        max_size=6,
+    )
+)
+def test_any_template_document_is_a_template_or_an_invalid_template(doc: dict[str, Any]) -> None:
+    # Only InvalidTemplate may escape; anything else fails the test.
+    with contextlib.suppress(InvalidTemplate):
+        Template.from_dict(doc)
+
+
+@pytest.fixture(scope="module")
+def fuzz_registry() -> Iterator[Any]:
+    from gennet_toolkit.workflow_templates import SqlTemplateStore, TemplateRegistry
+
+    store = SqlTemplateStore.in_memory()
+    registry = TemplateRegistry(store, max_params_bytes=2048)
+    registry.create(
+        make(
+            {
+                "properties": {
+                    "n": {"type": "integer", "minimum": 0, "default": 1},
+                    "s": {"type": "string", "pattern": r"^[a-z]+\.txt$"},
+                    "l": {"type": "array", "items": {"enum": ["a", "b"]}},
+                    "o": {
+                        "type": "object",
+                        "properties": {"k": {"type": "boolean", "default": True}},
+                    },
+                },
+                "required": ["s"],
+            },
+            steps=[Step("run", uses="x", inputs={"all": ["${params.n}", "${params.s}"]})],
+        )
+    )
+    yield registry
+    store.engine.dispose()
+
+
+@given(
+    _json
+    | st.fixed_dictionaries(
+        {"s": st.sampled_from(["a.txt", "b", "x" * 2000])},
+        optional={"n": _json, "l": _json, "o": _json, "zz": _json},
+    )
+)
+def test_any_params_are_a_run_or_a_4xx(fuzz_registry: Any, params: Any) -> None:
+    from gennet_toolkit.exceptions import PayloadTooLarge
+
+    try:
+        run = fuzz_registry.instantiate("t", params)
+    except (ValidationFailed, PayloadTooLarge):
+        return  # both are 4xx
+    assert run.params["s"].endswith(".txt")
