@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Uuid,
     delete,
+    func,
     insert,
     select,
 )
@@ -321,6 +322,18 @@ def test_cursor_for_explicit_values_starts_after_that_row(engine: Any) -> None:
         assert ids(page.items) == [5, 8, 3]
         with pytest.raises(ValueError, match="values"):
             pager.cursor_for(select(Gene), (1,))
+
+
+def test_grouped_subquery_needs_and_takes_an_explicit_tiebreak(engine: Any) -> None:
+    with Session(engine) as session:
+        _load(session, [{"score": i % 4 or None, "symbol": None} for i in range(11)])
+        sub = select(Gene.score, func.count().label("n")).group_by(Gene.score).subquery("per_score")
+        with pytest.raises(ConfigurationError, match="tiebreak"):
+            CursorPaginator(order_by=[sub.c.n.desc()]).paginate(session, select(sub))
+        pager = CursorPaginator(order_by=[sub.c.n.desc()], tiebreak=[sub.c.score])
+        pages = walk_forward(pager, session, select(sub), 1)
+        got = [tuple(r) for p in pages for r in p.items]
+        assert got == [(1, 3), (2, 3), (None, 3), (3, 2)]  # NULLs last in the tiebreak too
 
 
 def test_sort_by_selected_column_name_and_unknown_name_is_400(engine: Any) -> None:

@@ -61,8 +61,8 @@ class Page(Generic[T]):
             "endCursor": self.end_cursor,
         }
 
-    def link_header(self, base_url: str, *, param: str = "cursor") -> str | None:
-        """RFC 8288 ``Link`` value with ``first``, ``next`` and ``prev`` URLs (or ``None``)."""
+    def link_header(self, base_url: str, *, param: str = "cursor") -> str:
+        """RFC 8288 ``Link`` value with ``first``, and ``next``/``prev`` when they exist."""
         return link_header(self, base_url, param=param)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def _with_param(url: str, param: str, value: str | None) -> str:
     return urlunsplit(parts._replace(query=urlencode(query), fragment=""))
 
 
-def link_header(page: Page[Any], request_url: str, *, param: str = "cursor") -> str | None:
+def link_header(page: Page[Any], request_url: str, *, param: str = "cursor") -> str:
     """The RFC 8288 ``Link`` header for ``page``: ``first``, and ``next``/``prev`` when
     they exist. Other query parameters of ``request_url`` (filters, page size) are kept."""
     links = [f'<{_with_param(request_url, param, None)}>; rel="first"']
