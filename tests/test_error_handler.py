@@ -317,13 +317,31 @@ async def test_non_http_scopes_pass_through() -> None:
     assert seen == ["lifespan"]
 
 
-async def test_debug_mode_adds_exception_details() -> None:
-    async with client(ErrorHandlerMiddleware(Starlette(routes=ROUTES), debug=True)) as c:
+@pytest.mark.parametrize("wrap", [True, False], ids=["middleware", "handlers"])
+async def test_debug_mode_adds_exception_details(wrap: bool) -> None:
+    inner = FastAPI(routes=ROUTES)
+    if wrap:
+        app: Any = ErrorHandlerMiddleware(inner, debug=True)
+    else:
+        app = inner
+        install_error_handlers(inner, debug=True)
+    async with client(app) as c:
         r = await c.get("/boom")
+        missing = await c.get("/missing")
     assert r.status_code == 500
     debug = r.json()["debug"]
     assert debug["exception"] == "builtins.RuntimeError"
+    assert debug["message"] == SECRET
     assert any("RuntimeError" in line for line in debug["traceback"])
+    assert missing.json()["debug"]["exception"].endswith("NotFound")
+
+
+@APPS
+async def test_without_debug_no_body_carries_debug_details(make_app: Any) -> None:
+    async with client(make_app()) as c:
+        for r in [await c.get("/boom"), await c.get("/missing"), await c.get("/limited")]:
+            assert "debug" not in r.json()
+            assert "Traceback" not in r.text
 
 
 async def test_correlation_id_from_context_rides_in_problem_body() -> None:
