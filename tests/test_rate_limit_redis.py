@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import time
 from typing import Any
 
 import httpx
@@ -65,14 +66,18 @@ class CommandLog:
 
     def stop(self) -> list[str]:
         """The command names seen so far, in order (MONITOR buffers them server-side)."""
+        return [line.split(" ", 1)[0].upper() for line in self.stop_full()]
+
+    def stop_full(self) -> list[str]:
+        """The commands seen so far with their arguments, space-separated."""
         self._marker.echo(self.END)
-        names: list[str] = []
+        lines: list[str] = []
         while True:
             cmd = self._monitor.next_command()
             if self.END in cmd["command"]:
-                return names
+                return lines
             if cmd["client_type"] != "lua":
-                names.append(cmd["command"].split(" ", 1)[0].upper())
+                lines.append(cmd["command"])
 
 
 # --------------------------------------------------------------------------- round trips
@@ -116,6 +121,68 @@ async def test_async_path_never_touches_the_blocking_client(
     finally:
         await backend.aclose()
     assert codes == [200, 200, 429]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_scripts_get_no_client_timestamp(redis_server: RedisServer, strategy: str) -> None:
+    # Time must come from Redis TIME inside the script: app hosts' clocks drift apart,
+    # and a timestamp sent by the client would split one limit into skewed windows.
+    limiter = RateLimiter(redis_server.url, strategy=strategy)  # type: ignore[arg-type]
+    try:
+        await limiter.hit("7/minute", "warm-up")  # connect, SCRIPT LOAD
+        limiter.hit_sync("7/minute", "warm-up")
+        with CommandLog(redis_server.url) as log:
+            await limiter.hit("7/minute", "clock")
+            limiter.hit_sync("7/minute", "clock")
+            commands = log.stop_full()
+    finally:
+        await limiter.aclose()
+        limiter.close()
+    assert len(commands) == 2
+    now = time.time()
+    for command in commands:
+        # EVALSHA <sha> <numkeys=1> <key> then the limit, the period (ms) and the cost.
+        name, _sha, numkeys, _key, *args = command.split(" ")
+        assert (name.upper(), numkeys) == ("EVALSHA", "1")
+        assert [float(a) for a in args] == [7, 60_000, 1]
+        for arg in args:  # no epoch seconds, milliseconds or microseconds anywhere
+            assert not any(
+                abs(float(arg) / scale - now) < 10 * 365 * 86400 for scale in (1, 1e3, 1e6)
+            )
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_sliding_window_on_redis_still_weighs_the_previous_window(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # The window boundary right after a full window: a fixed window (or a previous
+    # window that expired with its own window) would admit a second full quota here.
+    period_ms, limit = 4000, 100
+    limiter = RateLimiter(redis_url, strategy="sliding_window", prefix=redis_prefix)
+    clock = redis.Redis.from_url(redis_url)
+
+    def until_boundary() -> float:
+        seconds, micros = clock.time()
+        now_ms = seconds * 1000 + micros / 1000
+        return (period_ms - now_ms % period_ms) / 1000
+
+    try:
+        if until_boundary() < 1.5:  # fill the window well before it ends
+            await asyncio.sleep(until_boundary() + 0.05)
+        first = await asyncio.gather(*(limiter.hit("100/4s", "u") for _ in range(limit)))
+        assert all(r is not None and r.allowed for r in first)
+        await asyncio.sleep(until_boundary() + 0.05)
+        second = await asyncio.gather(*(limiter.hit("100/4s", "u") for _ in range(limit)))
+    finally:
+        await limiter.aclose()
+        clock.close()
+    admitted = sum(1 for r in second if r is not None and r.allowed)
+    # About limit * (fraction of the new window elapsed): a few early in the window.
+    # The bound leaves 2 s of scheduling slack; a lost previous window admits all 100.
+    assert admitted <= limit // 2
 
 
 # --------------------------------------------------------------------------- storage
