@@ -59,6 +59,10 @@ async def _http_exc(request: Request) -> JSONResponse:
     raise HTTPException(status_code=409, detail="Already there.")
 
 
+async def _not_modified(request: Request) -> JSONResponse:
+    raise HTTPException(status_code=304, headers={"ETag": '"v1"'})
+
+
 async def _stream_then_fail(request: Request) -> StreamingResponse:
     async def body() -> Any:
         yield b"first chunk\n"
@@ -74,6 +78,7 @@ ROUTES = [
     Route("/decode-bug", _decode_bug),
     Route("/limited", _limited),
     Route("/conflict", _http_exc),
+    Route("/cached", _not_modified),
     Route("/stream", _stream_then_fail),
 ]
 
@@ -221,6 +226,19 @@ async def test_starlette_http_exception_keeps_status_and_detail(make_app: Any) -
         r = await c.get("/conflict")
     assert r.status_code == 409
     assert r.json()["detail"] == "Already there."
+
+
+@APPS
+async def test_http_exception_below_400_is_answered_as_starlette_does_not_as_500(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="gennet_toolkit.error_handler"):
+        async with client(make_app(), raise_app_exceptions=True) as c:
+            r = await c.get("/cached")
+    assert r.status_code == 304
+    assert r.headers["etag"] == '"v1"'
+    assert r.content == b""
+    assert not caplog.records  # a conditional GET is not an incident
 
 
 @pytest.mark.parametrize("make_app", [starlette_installed, fastapi_installed])

@@ -135,6 +135,18 @@ def _undecodable_json(exc: BaseException) -> bool:
     return False
 
 
+def _bodiless_response(exc: BaseException) -> Response | None:
+    """The answer to ``HTTPException(304)`` and friends: not an error, so no problem body.
+
+    Starlette answers an ``HTTPException`` below 400 (a conditional GET's 304, a 204)
+    with just its status and headers; so do we, instead of turning it into a 500.
+    """
+    exc = _unwrap(exc)
+    if isinstance(exc, StarletteHTTPException) and exc.status_code < 400:
+        return Response(status_code=exc.status_code, headers=dict(exc.headers or {}))
+    return None
+
+
 def _code_for(status: int) -> str:
     from http import HTTPStatus
 
@@ -260,7 +272,8 @@ class ErrorHandlerMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:
-            if not scope.get(_SCOPE_LOGGED):
+            bodiless = _bodiless_response(exc)
+            if bodiless is None and not scope.get(_SCOPE_LOGGED):
                 _log(exc, to_gennet_error(exc), scope)
             if started and held is None:
                 if completed:
@@ -269,7 +282,7 @@ class ErrorHandlerMiddleware:
                     return
                 # The status line is out: re-raise so the server drops the connection.
                 raise
-            response = problem_response(exc, scope=scope, debug=self.debug)
+            response = bodiless or problem_response(exc, scope=scope, debug=self.debug)
             await response(scope, receive, send)
             return
         for message in held or ():
@@ -285,6 +298,9 @@ def install_error_handlers(app: Any, *, debug: bool = False) -> None:
     """
 
     async def handler(request: Request, exc: Exception) -> Response:
+        bodiless = _bodiless_response(exc)
+        if bodiless is not None:
+            return bodiless
         _log(exc, to_gennet_error(exc), request.scope)
         request.scope[_SCOPE_LOGGED] = True
         return problem_response(exc, scope=request.scope, debug=debug)
