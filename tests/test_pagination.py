@@ -188,6 +188,21 @@ def test_first_page_flags_and_cursors(engine: Any) -> None:
         assert (again.has_prev, again.has_next) == (False, True)
 
 
+def test_relay_edges_carry_a_cursor_per_item(engine: Any) -> None:
+    with Session(engine) as session:
+        _load(session, [{"score": i % 2, "symbol": None} for i in range(6)])
+        pager = CursorPaginator(order_by=[Gene.score], page_size=4)
+        page = pager.paginate(session, select(Gene))
+        edges = page.edges()
+        assert [g.id for _, g in edges] == [1, 3, 5, 2]
+        from_edge = pager.paginate(session, select(Gene), edges[-1][0])
+        assert ids(from_edge.items) == ids(
+            pager.paginate(session, select(Gene), page.end_cursor).items
+        )
+        after_second = pager.paginate(session, select(Gene), edges[1][0], 2)
+        assert ids(after_second.items) == [5, 2]
+
+
 def test_empty_page_after_deletion_still_leads_back(engine: Any) -> None:
     with Session(engine) as session:
         _load(session, [{"score": i, "symbol": None} for i in range(4)])

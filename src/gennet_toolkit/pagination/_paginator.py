@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -50,6 +50,16 @@ class Page(Generic[T]):
     start_cursor: str | None = field(default=None, repr=False)
     end_cursor: str | None = field(default=None, repr=False)
     page_size: int = 0
+    # Sort-key values per item and the encoder, for edges(): cursors made only on demand.
+    _keys: list[tuple[Any, ...]] = field(default_factory=list, repr=False, compare=False)
+    _encode: Callable[[Sequence[Any]], str] | None = field(default=None, repr=False, compare=False)
+
+    def edges(self) -> list[tuple[str, T]]:
+        """Relay ``edges``: ``(cursor, item)`` pairs; each cursor pages on *after* its item."""
+        if self._encode is None:
+            return []
+        encode = self._encode
+        return [(encode(k), item) for k, item in zip(self._keys, self.items, strict=True)]
 
     @property
     def page_info(self) -> dict[str, Any]:
@@ -366,6 +376,8 @@ class CursorPaginator:
             start_cursor=start,
             end_cursor=end,
             page_size=size,
+            _keys=[tuple(r[i] for i in pos) for r in rows],
+            _encode=lambda values: encode(values, "a", plan.bound),
         )
 
     def paginate(
