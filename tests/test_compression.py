@@ -360,9 +360,20 @@ async def test_already_encoded_body_is_not_encoded_twice() -> None:
     assert sent[1]["body"] == encoded
 
 
-async def test_partial_content_passes_untouched() -> None:
-    headers = [(b"content-type", b"text/plain"), (b"content-range", b"bytes 0-999/5000")]
-    app = CompressionMiddleware(bare_app(headers, [b"x" * 1000], status=206))
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (206, [(b"content-type", b"text/plain"), (b"content-range", b"bytes 0-999/5000")]),
+        # Several ranges: the parts carry Content-Range, the response itself does not.
+        (206, [(b"content-type", b"multipart/byteranges; boundary=b")]),
+        # A range that cannot be served still describes the representation's length.
+        (416, [(b"content-type", b"text/plain"), (b"content-range", b"bytes */5000")]),
+    ],
+)
+async def test_partial_content_passes_untouched(
+    status: int, headers: list[tuple[bytes, bytes]]
+) -> None:
+    app = CompressionMiddleware(bare_app(headers, [b"x" * 1000], status=status))
     sent = await drive(app, [(b"accept-encoding", b"gzip")])
     assert sent[0]["headers"] == headers
     assert sent[1]["body"] == b"x" * 1000
