@@ -10,11 +10,13 @@ import logging
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -1166,3 +1168,44 @@ def test_under_a_real_uvicorn_server_probes_follow_the_lifespan() -> None:
         server.should_exit = True
         thread.join(10)
     assert registry.shutting_down
+
+
+def run_docs_example(page: str, driver: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the first Python block of ``docs/<page>``, then ``driver``, in a fresh process."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("\n```", 1)[0]
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code + "\n" + textwrap.dedent(driver)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_docs_example_runs_as_printed(tmp_path: Path) -> None:
+    driver = """
+        import json
+        from starlette.testclient import TestClient
+        with TestClient(app) as c:
+            for probe in ("live", "ready", "startup"):
+                r = c.get(f"/health/{probe}")
+                print(json.dumps([probe, r.status_code, r.headers["content-type"], r.json()]))
+    """
+    out = run_docs_example("health_checks.md", driver, tmp_path)
+    assert out.returncode == 0, out.stderr
+    answers = {probe: rest for probe, *rest in map(json.loads, out.stdout.splitlines())}
+    for code, media_type, body in answers.values():
+        jsonschema.validate(body, HEALTH_SCHEMA)
+        assert media_type == "application/health+json"
+        assert code == (503 if body["status"] == "fail" else 200)
+    assert answers["live"][2]["status"] == "pass"
+    # The example's SQLite file is created in the working directory: startup passes.
+    assert answers["startup"][2]["status"] == "pass"
+    assert set(answers["ready"][2]["checks"]) == {
+        "redis:responseTime",
+        "db:responseTime",
+        "search:responseTime",
+        "disk:utilization",
+    }

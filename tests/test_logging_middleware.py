@@ -12,9 +12,11 @@ import json
 import logging
 import subprocess
 import sys
+import textwrap
 import threading
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -1075,3 +1077,39 @@ def test_ids_survive_a_queue_handler_when_the_filter_is_on_the_queue_side() -> N
         logger.propagate = True
     (line,) = stream.getvalue().splitlines()
     assert json.loads(line)["correlation_id"] == "queued-1"
+
+
+def run_docs_example(page: str, driver: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the first Python block of ``docs/<page>``, then ``driver``, in a fresh process."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("\n```", 1)[0]
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code + "\n" + textwrap.dedent(driver)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_docs_example_runs_as_printed(tmp_path: Path) -> None:
+    driver = """
+        from starlette.testclient import TestClient
+        with TestClient(app) as c:
+            r = c.get("/genes/lacZ", headers={"X-Request-ID": "4bf92f3577b34da6a3ce929d0e0e4736"})
+        print(r.status_code, r.json()["request"], r.headers["x-request-id"])
+    """
+    out = run_docs_example("logging_middleware.md", driver, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["200", HEX_ID, HEX_ID]
+    lines = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    grn = [line for line in lines if line["logger"] == "grn"]
+    assert [line["message"] for line in grn] == ["looking up lacZ", "notified about lacZ"]
+    assert {line["correlation_id"] for line in grn} == {HEX_ID}
+    (access,) = [line for line in lines if line["logger"] == "gennet_toolkit.access"]
+    assert (access["route"], access["status"], access["correlation_id"]) == (
+        "/genes/{symbol}",
+        200,
+        HEX_ID,
+    )

@@ -1054,3 +1054,37 @@ async def test_exemplar_is_the_trace_of_the_toolkit_tracing_middleware_outside(
     families = {f.name: f for f in parse_openmetrics(r.text)}
     (exemplar,) = [s.exemplar for s in families["http_requests"].samples if s.exemplar]
     assert exemplar.labels["trace_id"] == format(span.context.trace_id, "032x")
+
+
+def run_docs_example(page: str, driver: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the first Python block of ``docs/<page>``, then ``driver``, in a fresh process."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("\n```", 1)[0]
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code + "\n" + textwrap.dedent(driver)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_docs_example_runs_as_printed(tmp_path: Path) -> None:
+    driver = """
+        from starlette.testclient import TestClient
+        with TestClient(app) as c:
+            assert c.get("/networks/7").json() == {"score": 0.5}
+            print(c.get("/metrics/").text)
+    """
+    out = run_docs_example("metrics.md", driver, tmp_path)
+    assert out.returncode == 0, out.stderr
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(out.stdout)
+        for s in family.samples
+    }
+    route = (("method", "GET"), ("route", "/networks/{network_id}"), ("status", "200"))
+    assert samples[("http_requests_total", route)] == 1
+    assert samples[("grn_edges_imported_total", (("source", "upload"),))] == 12
+    assert samples[("grn_score_seconds_count", (("outcome", "ok"),))] == 1

@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -1040,3 +1041,30 @@ def test_a_histogram_with_negative_observations_still_evaluates() -> None:
     mean = monitor.query("delta", "mean", 120)
     assert mean is not None
     assert math.isfinite(mean)
+
+
+def run_docs_example(page: str, driver: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the first Python block of ``docs/<page>``, then ``driver``, in a fresh process."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("\n```", 1)[0]
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code + "\n" + textwrap.dedent(driver)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_docs_example_runs_as_printed(tmp_path: Path) -> None:
+    driver = """
+        from starlette.testclient import TestClient
+        with TestClient(app) as c:
+            print(c.get("/build").text, monitor.metric("grn_networks_built_total").value)
+    """
+    out = run_docs_example("monitoring.md", driver, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["built", "1.0"]
+    rules = (tmp_path / "grn-api-rules.yml").read_text(encoding="utf-8")
+    assert 'alert: "GrnApiSlow"' in rules

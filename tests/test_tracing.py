@@ -6,11 +6,13 @@ provider is only ever set inside a subprocess.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +35,7 @@ from gennet_toolkit.tracing import (
     current_span_id,
     current_trace_id,
     inject_headers,
+    parse_traceparent,
     setup_tracing,
     traced,
 )
@@ -881,3 +884,29 @@ def test_public_names() -> None:
     }
     for name in tracing.__all__:
         assert getattr(tracing, name).__doc__, name
+
+
+def run_docs_example(page: str, driver: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the first Python block of ``docs/<page>``, then ``driver``, in a fresh process."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("\n```", 1)[0]
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code + "\n" + textwrap.dedent(driver)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_docs_example_runs_as_printed(tmp_path: Path) -> None:
+    out = run_docs_example("tracing.md", "", tmp_path)
+    assert out.returncode == 0, out.stderr
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("{'score'")]
+    result = ast.literal_eval(line)
+    first, second = (parse_traceparent(sent) for sent in result["sent"])
+    assert first is not None
+    assert second is not None
+    assert f"{first.trace_id:032x}" == f"{second.trace_id:032x}" == result["trace"]
+    assert first.parent_id != second.parent_id  # one client span per outgoing call
