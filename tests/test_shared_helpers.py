@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route
 
 from gennet_toolkit._env import env_bool, env_float, env_int, env_list, env_str
+from gennet_toolkit._problem import problem_bytes, problem_messages, send_problem
 from gennet_toolkit._routes import RouteResolver, route_template
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.types import ASGIApp, Receive, Scope, Send
@@ -409,3 +411,64 @@ def test_modules_now_refuse_misspelt_flags(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("T_LOG_UVICORN_ACCESS", "of")
     with pytest.raises(ConfigurationError, match="T_LOG_UVICORN_ACCESS"):
         configure_logging_from_env("T_")
+
+
+# ------------------------------------------------------------------ problem+json answers
+
+
+async def test_send_problem_renders_the_error_with_path_and_context_correlation_id() -> None:
+    from gennet_toolkit._context import correlation_id_var
+    from gennet_toolkit.exceptions import RateLimitExceeded
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        token = correlation_id_var.set("cid-1")
+        try:
+            await send_problem(
+                RateLimitExceeded("Slow down, Zoë.", retry_after=7),
+                scope,
+                send,
+                headers=[(b"x-extra", b"1")],
+            )
+        finally:
+            correlation_id_var.reset(token)
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, root_path="/svc"), base_url="http://test"
+    ) as c:
+        r = await c.get("/svc/genes/lacZ")
+    assert r.status_code == 429
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.headers["retry-after"] == "7"
+    assert r.headers["x-extra"] == "1"
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert b'": ' not in r.content  # compact
+    assert "Zoë".encode() in r.content  # UTF-8, not \u escapes
+    body = r.json()
+    assert body["status"] == 429
+    assert body["detail"] == "Slow down, Zoë."
+    assert body["instance"] == "/svc/genes/lacZ"
+    assert body["correlation_id"] == "cid-1"
+
+
+def test_problem_messages_can_leave_out_instance_and_correlation_id() -> None:
+    from gennet_toolkit.exceptions import NotFound
+
+    start, body = problem_messages(
+        NotFound("nothing"),
+        {"type": "http", "path": "/x?secret"},
+        instance=None,
+        correlation_id=None,
+    )
+    assert start["status"] == 404
+    assert (b"content-length", str(len(body["body"])).encode()) in start["headers"]
+    assert body["more_body"] is False
+    problem = json.loads(body["body"])
+    assert "instance" not in problem
+    assert "correlation_id" not in problem
+    assert b"secret" not in body["body"]
+    assert (
+        problem_bytes(NotFound("n"), "/p", correlation_id="c")
+        == json.dumps(
+            NotFound("n").to_problem(instance="/p", correlation_id="c"), separators=(",", ":")
+        ).encode()
+    )

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from email.utils import format_datetime
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-from gennet_toolkit._context import correlation_id_var
 from gennet_toolkit._env import env_list, env_str
+from gennet_toolkit._problem import problem_parts
 from gennet_toolkit.api_versioning._changes import (
     ApiVersion,
     Chain,
@@ -447,15 +446,7 @@ class VersioningMiddleware:
         return await upgrading_receive(child, receive, upgrades, ctx, self.max_body_size)
 
     async def _send_problem(self, exc: GenNetError, scope: Scope, send: Send) -> None:
-        body = exc.to_problem(instance=scope.get("path"), correlation_id=correlation_id_var.get())
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(payload)).encode()),
-        ]
-        headers += [
-            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()
-        ]
+        payload, headers = problem_parts(exc, scope)
         if self._vary:
             merge_vary(headers, self._vary)
         await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})

@@ -11,12 +11,13 @@ from typing import Any
 
 from gennet_toolkit._env import env_bool, env_int, env_list
 from gennet_toolkit._optional import require
+from gennet_toolkit._problem import send_problem
 from gennet_toolkit.exceptions import ConfigurationError, UnsupportedMediaType
 from gennet_toolkit.types import ASGIApp, Receive, Scope, Send
 
 from ._codecs import Codec, brotli_codec, gzip_codec, make_decoder, zstd_codec
 from ._negotiate import DEFAULT_EXCLUDED_CONTENT_TYPES, ContentTypeFilter, negotiate_encoding
-from ._request import Exchange, inflating_receive, problem_messages
+from ._request import Exchange, inflating_receive
 from ._response import compressing_send
 
 __all__ = ["CompressionMiddleware"]
@@ -221,8 +222,7 @@ class CompressionMiddleware:
                         code="unsupported_content_encoding",
                         headers={"Accept-Encoding": self._request_codings},
                     )
-                    for message in problem_messages(exc, scope):
-                        await send(message)
+                    await send_problem(exc, scope, send)
                     return
                 # The app sees a plain body: the encoding and the compressed length are
                 # gone. The scope is edited in place so outer middleware still sees what

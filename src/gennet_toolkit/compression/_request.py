@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
-from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit._problem import problem_messages
 from gennet_toolkit.exceptions import BadRequest, GenNetError, PayloadTooLarge
 from gennet_toolkit.types import Message, Receive, Scope, Send
 
 from ._codecs import DecodeError, Decoder
 
-__all__ = ["Aborted", "Exchange", "inflating_receive", "problem_messages"]
+__all__ = ["Aborted", "Exchange", "inflating_receive"]
 
 # Output per receive() while inflating: small enough that no single message is large,
 # big enough that per-message overhead does not matter.
@@ -30,19 +28,6 @@ class Exchange:
         self.sent = False  # http.response.start has gone to the server
         self.aborted = False  # the middleware answered; the app's messages are dropped
         self.responded = False
-
-
-def problem_messages(exc: GenNetError, scope: Scope) -> tuple[Message, Message]:
-    """The start and body messages of ``exc`` as ``application/problem+json``."""
-    body = exc.to_problem(instance=scope.get("path"), correlation_id=correlation_id_var.get())
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    start = {"type": "http.response.start", "status": exc.status_code, "headers": headers}
-    return start, {"type": "http.response.body", "body": payload, "more_body": False}
 
 
 def _corrupt(what: str) -> BadRequest:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
+from gennet_toolkit._problem import send_problem
 from gennet_toolkit.exceptions import ConfigurationError, GenNetError, MethodNotAllowed, NotFound
 from gennet_toolkit.health_checks._registry import (
     HEALTH_MEDIA_TYPE,
@@ -63,11 +63,14 @@ class HealthApp:
             return
         probe = self._routes.get(_normalise(_route_path(scope)))
         if probe is None:
-            await _problem(send, NotFound("No health endpoint here; try /live, /ready, /startup."))
+            await _problem(
+                scope, send, NotFound("No health endpoint here; try /live, /ready, /startup.")
+            )
             return
         method = scope["method"]
         if method not in ("GET", "HEAD"):
             await _problem(
+                scope,
                 send,
                 MethodNotAllowed(
                     "Health endpoints answer GET and HEAD.", headers={"Allow": "GET, HEAD"}
@@ -181,13 +184,6 @@ async def _send(send: Send, report: HealthReport, body: bytes, *, head: bool) ->
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-async def _problem(send: Send, exc: GenNetError) -> None:
+async def _problem(scope: Scope, send: Send, exc: GenNetError) -> None:
     # The request path is not echoed: 4xx bodies never repeat what the client sent.
-    body = json.dumps(exc.to_problem(), separators=(",", ":")).encode()
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()),
-    ]
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_problem(exc, scope, send, instance=None, correlation_id=None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -11,6 +10,7 @@ from contextlib import contextmanager
 
 from gennet_toolkit._context import correlation_id_var
 from gennet_toolkit._env import env_bool, env_str
+from gennet_toolkit._problem import send_problem
 from gennet_toolkit.exceptions import BadRequest, GenNetError
 from gennet_toolkit.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -279,7 +279,7 @@ class CorrelationIdMiddleware:
                 error = _unwrap(exc)
                 if not isinstance(error, GenNetError):
                     error = GenNetError()
-                await _send_problem(scope, send, error, cid, id_header)
+                await send_problem(error, scope, send, correlation_id=cid, headers=[id_header])
                 if error.status_code >= 500:
                     # Re-raise so the server (or an outer handler, which now sees a
                     # started response and sends nothing) logs the failure.
@@ -298,25 +298,4 @@ class CorrelationIdMiddleware:
             "from A-Z, a-z, 0-9, '.', '_', ':' and '-'.",
             code="invalid_correlation_id",
         )
-        await _send_problem(scope, send, error, cid, id_header)
-
-
-async def _send_problem(
-    scope: Scope, send: Send, error: GenNetError, cid: str, id_header: tuple[bytes, bytes]
-) -> None:
-    instance = scope.get("path", "")
-    body = json.dumps(
-        error.to_problem(instance=instance, correlation_id=cid),
-        separators=(",", ":"),
-        default=str,
-    ).encode()
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-        id_header,
-    ]
-    headers += [
-        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()
-    ]
-    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+        await send_problem(error, scope, send, correlation_id=cid, headers=[id_header])

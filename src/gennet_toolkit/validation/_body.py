@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from gennet_toolkit._context import correlation_id_var
 from gennet_toolkit._env import env_int, env_list
+from gennet_toolkit._problem import send_problem
 from gennet_toolkit.exceptions import (
     BadRequest,
     ConfigurationError,
@@ -210,24 +209,6 @@ def validate_json_body(raw: bytes, validate: Callable[[bytes], M]) -> M:
         return validate(raw)
     except ValidationError as exc:
         raise translate(exc) from None
-
-
-def problem_bytes(exc: GenNetError, instance: str | None) -> bytes:
-    """The problem+json body of ``exc`` (with the correlation id when one is set)."""
-    body = exc.to_problem(instance=instance, correlation_id=correlation_id_var.get())
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-async def send_problem(exc: GenNetError, scope: Scope, send: Send) -> None:
-    """Answer with ``exc`` as ``application/problem+json`` from pure ASGI code."""
-    payload = problem_bytes(exc, scope.get("path"))
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
 
 
 class BodySizeLimitMiddleware:

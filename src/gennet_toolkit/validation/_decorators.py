@@ -14,13 +14,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gennet_toolkit._problem import problem_bytes
 from gennet_toolkit.exceptions import GenNetError, PayloadTooLarge, ValidationFailed
 from gennet_toolkit.validation._body import (
     DEFAULT_MAX_SIZE,
     DEFAULT_MEDIA_TYPES,
     check_media_type,
     json_validator,
-    problem_bytes,
     read_body,
     safe_field_errors,
     validate_json_body,
