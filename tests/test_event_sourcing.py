@@ -278,6 +278,29 @@ async def test_async_store_has_the_same_behaviour(astore: AsyncEventStore) -> No
     await astore.ping()
 
 
+@pytest.mark.anyio
+async def test_async_append_joins_the_callers_transaction(astore: AsyncEventStore) -> None:
+    async with astore.engine.connect() as conn:
+        await astore.append("s", [ev(i=1)], 0, connection=conn)
+        await conn.rollback()
+    assert await astore.read_all() == []
+    async with astore.engine.connect() as conn:
+        await astore.append("s", [ev(i=1)], 0, connection=conn)
+        await conn.commit()
+    assert [e.data for e in await astore.read_all()] == [{"i": 1}]
+
+
+@pytest.mark.anyio
+async def test_async_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("GENNET_EVENT_STORE_URL", f"sqlite+aiosqlite:///{tmp_path}/env.db")
+    monkeypatch.setenv("GENNET_EVENT_STORE_KEY", "k" * 20)
+    s = AsyncEventStore.from_env()
+    await s.create_tables()
+    await s.append("s", [ev()], 0)
+    assert (await s.verify()).ok
+    await s.engine.dispose()
+
+
 # ---------------------------------------------------------------------- tamper evidence
 
 

@@ -171,7 +171,8 @@ class AuditBatch:
         tb: TracebackType | None,
     ) -> None:
         if exc_type is None and self._items:
-            assert isinstance(self.store, EventStore)  # checked in __enter__
+            if not isinstance(self.store, EventStore):  # pragma: no cover - see __enter__
+                raise TypeError("use 'async with' for an AsyncEventStore")
             self.recorded = self.store.append(
                 self.stream, self.events(), ANY, connection=self.connection
             )
@@ -188,7 +189,8 @@ class AuditBatch:
         tb: TracebackType | None,
     ) -> None:
         if exc_type is None and self._items:
-            assert isinstance(self.store, AsyncEventStore)  # checked in __aenter__
+            if not isinstance(self.store, AsyncEventStore):  # pragma: no cover - see __aenter__
+                raise TypeError("use 'with' for a sync EventStore")
             self.recorded = await self.store.append(
                 self.stream, self.events(), ANY, connection=self.connection
             )
