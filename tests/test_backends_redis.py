@@ -75,6 +75,26 @@ def test_from_env_reads_url_and_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(from_env("NOTSET_"), MemoryBackend)
 
 
+def test_from_env_sizes_the_redis_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_BACKEND_URL", "redis://127.0.0.1:6379/2")
+    monkeypatch.setenv("APP_BACKEND_MAX_CONNECTIONS", "7")
+    monkeypatch.setenv("APP_BACKEND_POOL_TIMEOUT", "0.5")
+    monkeypatch.setenv("APP_BACKEND_RETRIES", "1")
+    backend = from_env("APP_")
+    assert isinstance(backend, RedisBackend)
+    assert (backend.options.max_connections, backend.options.pool_timeout) == (7, 0.5)
+    assert backend.options.retries == 1
+    assert backend.options.socket_timeout == 5.0  # unset: the default
+    explicit = from_env("APP_", max_connections=3)
+    assert isinstance(explicit, RedisBackend)
+    assert explicit.options.max_connections == 3  # an explicit option wins
+    monkeypatch.setenv("APP_BACKEND_MAX_CONNECTIONS", "lots")
+    with pytest.raises(ConfigurationError, match="APP_BACKEND_MAX_CONNECTIONS"):
+        from_env("APP_")
+    monkeypatch.setenv("APP_BACKEND_URL", "memory://")
+    assert isinstance(from_env("APP_"), MemoryBackend)  # pool variables are Redis-only
+
+
 def test_repr_never_shows_the_password() -> None:
     assert "s3cret" not in repr(RedisBackend("redis://:s3cret@127.0.0.1:6379/0"))
 

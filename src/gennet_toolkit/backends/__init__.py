@@ -106,10 +106,24 @@ def from_url(
 def from_env(prefix: str = "GENNET_", **options: Any) -> Backend:
     """The backend named by ``{prefix}BACKEND_URL`` (default ``memory://``).
 
-    ``{prefix}BACKEND_PREFIX`` sets the key prefix; ``options`` go to :func:`from_url`.
+    ``{prefix}BACKEND_PREFIX`` sets the key prefix. For Redis, the pool is sized from
+    ``{prefix}BACKEND_MAX_CONNECTIONS``, ``…_POOL_TIMEOUT``, ``…_SOCKET_TIMEOUT``,
+    ``…_SOCKET_CONNECT_TIMEOUT`` and ``…_RETRIES`` when set. ``options`` go to
+    :func:`from_url` and win over the environment.
     """
     url = os.environ.get(prefix + "BACKEND_URL", "memory://")
     key_prefix = os.environ.get(prefix + "BACKEND_PREFIX", "")
+    if urlsplit(url).scheme.lower() in {"redis", "rediss"}:
+        for name in sorted(_REDIS_OPTIONS - set(options)):
+            var = f"{prefix}BACKEND_{name.upper()}"
+            raw = os.environ.get(var)
+            if raw is None:
+                continue
+            cast = int if name in {"max_connections", "retries"} else float
+            try:
+                options[name] = cast(raw)
+            except ValueError:
+                raise ConfigurationError(f"{var} must be a number, got {raw!r}") from None
     return from_url(url, prefix=key_prefix, **options)
 
 
