@@ -365,6 +365,32 @@ def _receiver(chunks: list[bytes]) -> tuple[Any, list[int]]:
     return receive, calls
 
 
+async def test_body_already_read_is_still_held_to_the_limit() -> None:
+    # Starlette caches a body read earlier (by another decorator or the endpoint's
+    # middleware); the cached bytes must not bypass max_size.
+    @validate_body(GeneIn, max_size=16)
+    async def endpoint(request: Request, gene: GeneIn) -> Response:
+        return JSONResponse({"symbol": gene.symbol})
+
+    payload = json.dumps({"symbol": "TP53", "name": "p53"}).encode()
+    chunks = [{"type": "http.request", "body": payload, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/genes",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    request = Request(scope, receive)
+    assert await request.body() == payload
+    response = await endpoint(request)
+    assert response.status_code == 413
+    assert json.loads(bytes(response.body))["code"] == "payload_too_large"
+
+
 async def test_parse_body_works_on_bare_asgi_receive() -> None:
     receive, _ = _receiver([b'{"symbol": "lac', b'Z", "name": "b-gal"}'])
     gene = await parse_body(receive, GeneIn, headers=[(b"content-type", b"application/json")])
@@ -537,6 +563,59 @@ async def test_middleware_under_fastapi_with_bad_content_length() -> None:
     scope = {"type": "http", "path": "/upload", "headers": scope_headers}
     await BodySizeLimitMiddleware(app, max_size=50)(scope, receive, send)
     assert sent[0]["status"] == 400
+
+
+class Upload(BaseModel):
+    data: str
+
+
+async def _oversized_json_chunks() -> AsyncIterator[bytes]:
+    # No Content-Length: the limit can only be found while the body streams.
+    yield b'{"data": "'
+    for _ in range(20):
+        yield b"x" * 10
+    yield b'"}'
+
+
+async def test_middleware_answers_413_when_fastapi_wraps_the_read_error() -> None:
+    # FastAPI turns any exception raised while it reads a body parameter into its own
+    # 400 "error parsing the body"; the middleware must answer 413 regardless.
+    app = FastAPI()
+    reached: list[int] = []
+
+    @app.post("/upload")
+    async def upload(item: Upload) -> dict[str, int]:
+        reached.append(1)
+        return {"size": len(item.data)}
+
+    app.add_middleware(BodySizeLimitMiddleware, max_size=50)
+    headers = {"content-type": "application/json"}
+    big = await _post(app, _oversized_json_chunks(), headers)
+    body = assert_problem(big, 413, "payload_too_large")
+    assert big.headers["connection"] == "close"
+    assert body["max_size"] == 50
+    assert reached == []
+    ok = await _post(app, b'{"data": "small"}', headers)
+    assert ok.json() == {"size": 5}
+
+
+async def test_middleware_answers_413_when_the_app_swallows_the_refusal() -> None:
+    # An app that catches the error, reads on and answers itself: the client still
+    # gets the 413, the app's later reads see a disconnect and its reply is dropped.
+    after: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except Exception:
+            after.append((await receive())["type"])
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b"mine"})
+
+    resp = await _post(BodySizeLimitMiddleware(app, max_size=25), _oversized_json_chunks())
+    assert_problem(resp, 413, "payload_too_large")
+    assert after == ["http.disconnect"]
 
 
 async def test_middleware_reraises_when_response_already_started() -> None:

@@ -215,10 +215,10 @@ class BodySizeLimitMiddleware:
     """Refuse request bodies larger than ``max_size`` bytes for a whole app (413).
 
     A declared Content-Length over the limit is answered before the app runs; otherwise
-    the app's ``receive`` counts bytes as they stream and raises ``PayloadTooLarge``
-    past the limit, which this middleware turns into a 413 if the response has not
-    started. Bodies are never buffered. Paths in ``exclude_paths`` (prefixes) are not
-    limited.
+    the app's ``receive`` counts bytes as they stream and, past the limit, answers the
+    413 itself (if the response has not started) and raises ``PayloadTooLarge`` into the
+    app, whose own reply is then dropped. Bodies are never buffered. Paths in
+    ``exclude_paths`` (prefixes) are not limited.
     """
 
     def __init__(
@@ -260,27 +260,39 @@ class BodySizeLimitMiddleware:
 
         received = 0
         started = False
+        answered = False  # the 413 went out; the app's own answer is dropped
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, started, answered
+            if answered:
+                # An app that swallowed the refusal and reads on sees a gone client.
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > max_size:
-                    raise _too_large(max_size)
+                    exc = _too_large(max_size)
+                    # Answer here, not from an except clause below: frameworks turn an
+                    # error while reading a body into their own 400 (FastAPI does).
+                    if not started:
+                        started = answered = True
+                        await send_problem(exc, scope, send)
+                    raise exc
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if answered:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge as exc:
-            # Once the response has started a 413 cannot be sent; re-raise so the
-            # server closes the connection instead of pretending all went well.
-            if started:
+        except Exception:
+            # Once the app's response has started a 413 cannot be sent: the error
+            # reaches the server, which closes the connection. After our own 413 the
+            # app's error (ours, or its wrapper of it) has nothing left to say.
+            if not answered:
                 raise
-            await send_problem(exc, scope, send)
