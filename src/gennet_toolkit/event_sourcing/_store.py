@@ -8,11 +8,9 @@ constraint violation) into the toolkit's errors.
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -22,8 +20,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gennet_toolkit.event_sourcing._chain import ChainAnchor, VerifyReport
-from gennet_toolkit.event_sourcing._core import AppendRequest, Call, Core, Exec, Plan, RunSync
+from gennet_toolkit.event_sourcing._core import Call, Core, Exec, Plan, RunSync
 from gennet_toolkit.event_sourcing._events import RecordedEvent, Snapshot
+from gennet_toolkit.event_sourcing._group import AsyncGroup, SyncGroup, fail_batch
 from gennet_toolkit.event_sourcing._registry import EventRegistry
 from gennet_toolkit.exceptions import ConcurrencyError, ConfigurationError, ServiceUnavailable
 
@@ -47,50 +46,6 @@ def _translate(exc: BaseException) -> BaseException | None:
     ):
         return ServiceUnavailable("The event store is unavailable.")
     return None
-
-
-def _clone(exc: BaseException) -> BaseException:
-    # Each waiting caller raises its own copy: one exception object raised in several
-    # threads at once would have its traceback rewritten under their feet.
-    try:
-        clone = copy.copy(exc)
-    except Exception:
-        return exc
-    clone.__cause__ = exc.__cause__
-    return clone
-
-
-def _fail_batch(batch: list[AppendRequest], leader: AppendRequest, exc: BaseException) -> None:
-    for request in batch:
-        if request is leader:
-            request.fail(exc)
-        elif isinstance(exc, Exception):
-            request.fail(_clone(exc))
-        else:  # the leader was cancelled or interrupted mid-commit
-            request.fail(ServiceUnavailable("The append was interrupted; retry it."))
-
-
-class _SyncGroup:
-    """Concurrent appends of one store waiting to share a transaction (group commit)."""
-
-    __slots__ = ("busy", "cond", "pending")
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.pending: list[AppendRequest] = []
-        self.busy = False
-
-
-class _AsyncGroup:
-    """The asyncio form of :class:`_SyncGroup`, bound to the loop that first used it."""
-
-    __slots__ = ("busy", "cond", "loop", "pending")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.loop = loop
-        self.cond = asyncio.Condition()
-        self.pending: list[AppendRequest] = []
-        self.busy = False
 
 
 class _Base(Generic[E]):
@@ -159,7 +114,7 @@ class EventStore(_Base[sa.Engine]):
         table_prefix: str = "gennet_",
     ) -> None:
         super().__init__(engine, key=key, registry=registry, table_prefix=table_prefix)
-        self._group = _SyncGroup()
+        self._group = SyncGroup()
 
     @classmethod
     def from_env(
@@ -269,7 +224,7 @@ class EventStore(_Base[sa.Engine]):
         try:
             self._run(self._core.append(batch), write=True)
         except BaseException as exc:
-            _fail_batch(batch, request, exc)
+            fail_batch(batch, request, exc)
         finally:
             with group.cond:
                 for r in batch:
@@ -410,7 +365,7 @@ class AsyncEventStore(_Base[AsyncEngine]):
         table_prefix: str = "gennet_",
     ) -> None:
         super().__init__(engine, key=key, registry=registry, table_prefix=table_prefix)
-        self._group = _AsyncGroup(None)
+        self._group = AsyncGroup(None)
 
     @classmethod
     def from_env(
@@ -500,7 +455,7 @@ class AsyncEventStore(_Base[AsyncEngine]):
         loop = asyncio.get_running_loop()
         group = self._group
         if group.loop is not loop and not group.busy:
-            group = self._group = _AsyncGroup(loop)
+            group = self._group = AsyncGroup(loop)
         async with group.cond:
             group.pending.append(request)
             while group.busy and not request.done:
@@ -512,7 +467,7 @@ class AsyncEventStore(_Base[AsyncEngine]):
         try:
             await self._run(self._core.append(batch), write=True)
         except BaseException as exc:
-            _fail_batch(batch, request, exc)
+            fail_batch(batch, request, exc)
         finally:
             async with group.cond:
                 for r in batch:
