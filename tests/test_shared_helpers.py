@@ -17,7 +17,7 @@ from starlette.routing import Host, Mount, Route
 
 from gennet_toolkit._env import env_bool, env_float, env_int, env_list, env_str
 from gennet_toolkit._problem import problem_bytes, problem_messages, send_problem
-from gennet_toolkit._routes import RouteResolver, route_template
+from gennet_toolkit._routes import RouteResolver, route_path, route_template
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.types import ASGIApp, Receive, Scope, Send
 
@@ -264,6 +264,22 @@ async def test_function_reads_the_app_root_path_and_the_scope_router() -> None:
         None,
         "/t/{tenant}/{path}",
     ]
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "expected"),
+    [
+        ("/api/genes", "", "/api/genes"),
+        ("/api/genes", "/api", "/genes"),
+        ("/api", "/api", ""),
+        ("/apix/genes", "/api", "/apix/genes"),  # only whole segments are a root
+        ("/other", "/api", "/other"),
+    ],
+)
+def test_route_path_strips_the_root_path_by_whole_segments(
+    path: str, root_path: str, expected: str
+) -> None:
+    assert route_path(path, root_path) == expected
 
 
 def test_scopes_without_a_usable_route_give_none() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from gennet_toolkit.types import Scope
 
-__all__ = ["RouteResolver", "find_routes", "route_template"]
+__all__ = ["RouteResolver", "find_routes", "route_path", "route_template"]
 
 _CACHE_SIZE = 1024
 _MATCH_NONE, _MATCH_PARTIAL, _MATCH_FULL = 0, 1, 2
@@ -67,7 +67,7 @@ def route_template(
     if raw:
         if routes is None:
             routes = find_routes(scope.get("router"))
-        prefix = _walk_mounts(routes, _route_path(scope.get("path", ""), root_path), raw)
+        prefix = _walk_mounts(routes, route_path(scope.get("path", ""), root_path), raw)
         if prefix is None:
             return None
         template = prefix + template
@@ -133,7 +133,7 @@ class RouteResolver:
         if cached is not None:
             return cached
         routes = self._app_routes() or find_routes(scope.get("router"))
-        template = _walk_mounts(routes, _route_path(path, root_path), raw)
+        template = _walk_mounts(routes, route_path(path, root_path), raw)
         if template == raw and len(self._prefixes) < _CACHE_SIZE:
             self._prefixes[raw] = template
         return template
@@ -181,8 +181,16 @@ def _from_scope(scope: Scope, root_path: str, mount_misses: bool) -> tuple[str, 
     return template, new_root[len(root_path) :]
 
 
-def _route_path(path: str, root_path: str) -> str:
-    return path[len(root_path) :] if root_path and path.startswith(root_path) else path
+def route_path(path: str, root_path: str) -> str:
+    """``path`` below ``root_path``, as Starlette routes it (``path`` includes the root).
+
+    Only a whole-segment prefix is stripped: root ``/api`` leaves ``/apix/1`` alone.
+    """
+    if not root_path or not path.startswith(root_path):
+        return path
+    if len(path) == len(root_path):
+        return ""
+    return path[len(root_path) :] if path[len(root_path)] == "/" else path
 
 
 def _fastapi_template(scope: Scope, route: Any) -> str | None:

@@ -11,6 +11,7 @@ from urllib.parse import unquote_plus
 
 from gennet_toolkit._env import env_list, env_str
 from gennet_toolkit._problem import problem_parts
+from gennet_toolkit._routes import route_path
 from gennet_toolkit.api_versioning._changes import (
     ApiVersion,
     Chain,
@@ -65,11 +66,7 @@ def get_api_version(scope_or_request: Any) -> ApiVersion:
 
 def _route_path(scope: Scope) -> str:
     # Same rule as Starlette's routing: path includes root_path (ASGI spec 2.x).
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
-        return path[len(root) :]
-    return path
+    return route_path(scope["path"], scope.get("root_path", ""))
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

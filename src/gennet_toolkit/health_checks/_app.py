@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from gennet_toolkit._problem import send_problem
+from gennet_toolkit._routes import route_path
 from gennet_toolkit.exceptions import ConfigurationError, GenNetError, MethodNotAllowed, NotFound
 from gennet_toolkit.health_checks._registry import (
     HEALTH_MEDIA_TYPE,
@@ -61,7 +62,8 @@ class HealthApp:
             if kind == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
-        probe = self._routes.get(_normalise(_route_path(scope)))
+        path = route_path(scope.get("path", "") or "", scope.get("root_path", "") or "")
+        probe = self._routes.get(_normalise(path or "/"))
         if probe is None:
             await _problem(
                 scope, send, NotFound("No health endpoint here; try /live, /ready, /startup.")
@@ -163,15 +165,6 @@ class HealthLifespanMiddleware:
             if not completed:
                 # The app does not speak lifespan (or failed to start): stop gating on it.
                 registry._lifespan_abandoned()
-
-
-def _route_path(scope: Scope) -> str:
-    # Mounted apps see the full path plus root_path (Starlette >= 0.33, ASGI spec).
-    path: str = scope.get("path", "") or ""
-    root: str = scope.get("root_path", "") or ""
-    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
-        return path[len(root) :] or "/"
-    return path
 
 
 def _normalise(path: str) -> str:

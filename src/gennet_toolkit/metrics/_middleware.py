@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gennet_toolkit._env import env_bool, env_list, env_str
-from gennet_toolkit._routes import RouteResolver
+from gennet_toolkit._routes import RouteResolver, route_path
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.metrics._registry import (
     default_registry,
@@ -171,8 +171,8 @@ class PrometheusMiddleware:
             return
         path: str = scope["path"]
         root_path: str = scope.get("root_path", "")
-        route_path = path[len(root_path) :] if root_path and path.startswith(root_path) else path
-        if route_path in self._exact or route_path.startswith(self._prefixes):
+        below_root = route_path(path, root_path)
+        if below_root in self._exact or below_root.startswith(self._prefixes):
             await self.app(scope, receive, send)
             return
         method: str = scope["method"]
