@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.isolation import ALLOWED, check, present
@@ -22,3 +24,22 @@ def test_table_covers_every_module_on_disk() -> None:
     }
     missing = on_disk - set(ALLOWED)
     assert not missing, f"add these modules to tests/isolation.py: {sorted(missing)}"
+
+
+def test_check_reports_foreign_extras_and_logging_side_effects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import isolation
+
+    (tmp_path / "gn_fake_module.py").write_text(
+        "import logging\nimport starlette\nlogging.basicConfig()\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setitem(isolation.EXTRA_PACKAGES, "fake", frozenset({"starlette"}))
+    monkeypatch.setitem(isolation.ALLOWED, "gn_fake_module", frozenset())
+    problems = check("gn_fake_module")
+    assert any("'starlette'" in p and "not in its extras" in p for p in problems), problems
+    assert "configured the root logger" in problems
+
+    monkeypatch.setitem(isolation.ALLOWED, "gn_fake_module", frozenset({"fake"}))
+    assert check("gn_fake_module") == ["configured the root logger"]
