@@ -397,7 +397,11 @@ def apply_defaults(schema: Any, value: Any) -> Any:
         if not isinstance(sub, dict):
             continue
         if name not in out and "default" in sub:
-            out[name] = json.loads(json.dumps(sub["default"]))  # a private copy
+            default = sub["default"]
+            # Containers are copied so a caller mutating the run cannot change the schema.
+            out[name] = (
+                json.loads(json.dumps(default)) if isinstance(default, dict | list) else default
+            )
         if name in out:
             out[name] = apply_defaults(sub, out[name])
     return out

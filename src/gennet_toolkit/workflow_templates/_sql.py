@@ -327,6 +327,14 @@ class _Statements:
         order = (src.c.name, src.c.version_key) if q.all_versions else (src.c.name,)
         return stmt.order_by(*order).limit(q.limit + 1)
 
+    @property
+    def no_sort(self) -> Any:
+        """PostgreSQL estimates LIKE and tag filters as very selective and then prefers
+        sorting the whole table over walking the index in order; for a page of a
+        name-ordered listing the index walk is the fast-start plan (0.2 ms instead of
+        10 ms on 5,000 rows). ``SET LOCAL`` ends with the read's transaction."""
+        return self.sa.text("SET LOCAL enable_sort = off")
+
     def insert_usage(self, name: str, version: str, run_id: str, at: datetime) -> Any:
         return self.usage.insert().values(name=name, version=version, run_id=run_id, created_at=at)
 
@@ -452,6 +460,8 @@ class SqlTemplateStore:
     def discover(self, q: DiscoverQuery) -> tuple[list[TemplateSummary], str | None]:
         """One page of summaries and the cursor of the next page (or ``None``)."""
         with _db_errors(), self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(self._s.no_sort)
             rows = conn.execute(self._s.discover(q, conn.dialect.name)).all()
         return _page(rows, q)
 
@@ -524,6 +534,8 @@ class AsyncSqlTemplateStore:
         """See :meth:`SqlTemplateStore.discover`."""
         with _db_errors():
             async with self.engine.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(self._s.no_sort)
                 rows = (await conn.execute(self._s.discover(q, conn.dialect.name))).all()
         return _page(rows, q)
 
