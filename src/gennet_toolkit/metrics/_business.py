@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
+from gennet_toolkit._env import env_str
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.metrics._middleware import DEFAULT_BUCKETS
 from gennet_toolkit.metrics._registry import default_registry, get_or_create, prometheus
@@ -52,7 +52,7 @@ class BusinessMetrics:
         cls, *, prefix: str = "GENNET_", registry: CollectorRegistry | None = None
     ) -> BusinessMetrics:
         """Build with ``namespace`` from ``{prefix}METRICS_NAMESPACE`` (default: none)."""
-        return cls(registry, namespace=os.environ.get(f"{prefix}METRICS_NAMESPACE", ""))
+        return cls(registry, namespace=env_str(f"{prefix}METRICS_NAMESPACE", ""))
 
     def _full(self, name: str) -> str:
         return f"{self.namespace}_{name}" if self.namespace else name

@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
+from gennet_toolkit._env import env_str
 from gennet_toolkit._version import __version__
 from gennet_toolkit.tracing._middleware import INSTRUMENTATION_NAME
 from gennet_toolkit.tracing._propagation import load_otel, write_headers
@@ -406,12 +406,10 @@ def setup_tracing(
 
     attrs: dict[str, str] = dict(resource_attributes or {})
     if service_name or "service.name" not in attrs:
-        attrs["service.name"] = service_name or os.environ.get(
-            "OTEL_SERVICE_NAME", "unknown_service"
-        )
+        attrs["service.name"] = service_name or env_str("OTEL_SERVICE_NAME", "unknown_service")
     provider = SDKProvider(resource=Resource.create(attrs), sampler=sampler)
     if exporter is None or isinstance(exporter, str):
-        kind = (exporter or os.environ.get("OTEL_TRACES_EXPORTER", "")).strip().lower()
+        kind = (exporter or env_str("OTEL_TRACES_EXPORTER", "")).strip().lower()
         if not kind:
             try:
                 chosen = _exporter_named("otlp")
