@@ -274,7 +274,7 @@ class CursorCodec:
 
     def decode(self, text: str, *, bound_to: str, n_values: int) -> Cursor:
         """Verify and decode ``text``; any failure raises :class:`InvalidCursor`."""
-        bad = self._invalid
+        bad = self.error
         if not text or len(text) > self.max_length:
             raise bad("malformed")
         try:
@@ -321,13 +321,14 @@ class CursorCodec:
     def _open(self, raw: bytes) -> bytes:
         nonce, sealed = raw[1 : 1 + _NONCE_SIZE], raw[1 + _NONCE_SIZE :]
         if len(sealed) <= _TAG_SIZE:
-            raise self._invalid("signature")
+            raise self.error("signature")
         for aead in self._aeads:
             try:
                 return _VERSION_BYTE + bytes(aead.decrypt(nonce, sealed, _VERSION_BYTE))
             except self._invalid_tag:  # another key's cursor, or tampered: try the next key
                 continue
-        raise self._invalid("signature")
+        raise self.error("signature")
 
-    def _invalid(self, reason: str) -> InvalidCursor:
+    def error(self, reason: str) -> InvalidCursor:
+        """The 400 to raise for a cursor rejected for ``reason`` (a fixed word)."""
         return InvalidCursor(reason, param=self.param)

@@ -316,7 +316,7 @@ class CursorPaginator:
         if cursor is not None:
             decoded = self.codec.decode(cursor, bound_to=bound, n_values=len(keys))
             if not all(k.accepts(v, dialect) for k, v in zip(keys, decoded.values, strict=True)):
-                raise self.codec._invalid("mismatch")
+                raise self.codec.error("mismatch")
             reverse = decoded.direction in ("b", "B")
             q = q.where(
                 keyset_predicate(
