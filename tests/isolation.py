@@ -27,6 +27,7 @@ EXTRA_PACKAGES: dict[str, frozenset[str]] = {
     "sql": frozenset({"sqlalchemy", "aiosqlite", "greenlet"}),
     "postgres": frozenset({"asyncpg", "psycopg", "psycopg_binary"}),
     "jsonschema": frozenset({"jsonschema", "jsonschema_specifications", "referencing"}),
+    "crypto": frozenset({"cryptography"}),
     "celery": frozenset({"celery", "kombu", "billiard", "vine"}),
     "rq": frozenset({"rq"}),
     # Not extras, but frameworks a module must never import on its own.
@@ -60,7 +61,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "gennet_toolkit.task_queue": frozenset(),
     "gennet_toolkit.websocket_manager": frozenset(),
     # data
-    "gennet_toolkit.pagination": frozenset({"sql"}),
+    "gennet_toolkit.pagination": frozenset({"sql", "crypto"}),
     "gennet_toolkit.search": frozenset({"sql"}),
     "gennet_toolkit.batch_operations": frozenset({"sql"}),
     "gennet_toolkit.event_sourcing": frozenset({"sql"}),
