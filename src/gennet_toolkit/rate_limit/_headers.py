@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit import _problem
 from gennet_toolkit.exceptions import GenNetError, RateLimitExceeded
 from gennet_toolkit.rate_limit._limiter import Decision
 from gennet_toolkit.types import Scope, Send
@@ -92,25 +91,19 @@ def exceeded(decision: Decision) -> RateLimitExceeded:
     )
 
 
+def _raw(pairs: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+
+
 def problem_parts(
     exc: GenNetError, scope: Scope, extra_headers: Sequence[tuple[str, str]] = ()
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The problem+json body and raw headers for ``exc`` answering ``scope``."""
-    body = exc.to_problem(instance=scope.get("path"), correlation_id=correlation_id_var.get())
-    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra_headers]
-    return payload, headers
+    return _problem.problem_parts(exc, scope, headers=_raw(extra_headers))
 
 
 async def send_problem(
     exc: GenNetError, scope: Scope, send: Send, extra_headers: Sequence[tuple[str, str]] = ()
 ) -> None:
     """Answer with ``exc`` as ``application/problem+json``."""
-    payload, headers = problem_parts(exc, scope, extra_headers)
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+    await _problem.send_problem(exc, scope, send, headers=_raw(extra_headers))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
@@ -12,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from gennet_toolkit._env import env_bool, env_str
 from gennet_toolkit.backends import Backend, RateLimitResult, from_url
 from gennet_toolkit.exceptions import ConfigurationError, ServiceUnavailable
 from gennet_toolkit.rate_limit._limits import Limit, Rule, parse_limits
@@ -126,16 +126,15 @@ class RateLimiter:
         """Configure from ``{prefix}RATE_LIMIT_BACKEND`` (else ``{prefix}BACKEND_URL``,
         else ``memory://``), ``{prefix}RATE_LIMIT_STRATEGY`` and
         ``{prefix}RATE_LIMIT_FAIL_OPEN`` (``true``/``false``); keywords override."""
-        env = os.environ
         kwargs: dict[str, object] = {
-            "backend": env.get(prefix + "RATE_LIMIT_BACKEND")
-            or env.get(prefix + "BACKEND_URL")
+            "backend": env_str(prefix + "RATE_LIMIT_BACKEND")
+            or env_str(prefix + "BACKEND_URL")
             or "memory://",
-            "strategy": env.get(prefix + "RATE_LIMIT_STRATEGY", "sliding_window"),
+            "strategy": env_str(prefix + "RATE_LIMIT_STRATEGY", "sliding_window"),
         }
-        fail_open = env.get(prefix + "RATE_LIMIT_FAIL_OPEN")
+        fail_open = env_bool(prefix + "RATE_LIMIT_FAIL_OPEN")
         if fail_open is not None:
-            kwargs["fail_open"] = _parse_bool(fail_open, prefix + "RATE_LIMIT_FAIL_OPEN")
+            kwargs["fail_open"] = fail_open
         kwargs.update(overrides)
         return cls(**kwargs)  # type: ignore[arg-type]
 
@@ -269,12 +268,3 @@ def _single(text: str) -> Limit:
     if len(limits) != 1:
         raise ConfigurationError("hit() takes one limit; use check() with a Rule for several")
     return limits[0]
-
-
-def _parse_bool(value: str, name: str) -> bool:
-    low = value.strip().lower()
-    if low in {"1", "true", "yes", "on"}:
-        return True
-    if low in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigurationError(f"{name} must be true or false, got {value!r}")

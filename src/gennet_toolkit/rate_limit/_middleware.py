@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gennet_toolkit._env import env_list, env_str
 from gennet_toolkit.exceptions import ConfigurationError, ServiceUnavailable
 from gennet_toolkit.rate_limit._headers import (
     HEADER_MODES,
@@ -85,16 +86,14 @@ class RateLimitMiddleware:
         CIDRs), ``{prefix}RATE_LIMIT_EXEMPT_PATHS`` (comma-separated) and
         ``{prefix}RATE_LIMIT_HEADERS`` (``draft``/``legacy``/``both``/``none``); the
         limiter defaults to :meth:`RateLimiter.from_env`. Keywords override."""
-        env = os.environ
         kwargs: dict[str, Any] = {}
-        default = env.get(prefix + "RATE_LIMIT_DEFAULT")
-        if default:
-            proxies = _split(env.get(prefix + "RATE_LIMIT_TRUSTED_PROXIES", ""))
+        if default := env_str(prefix + "RATE_LIMIT_DEFAULT"):
+            proxies = env_list(prefix + "RATE_LIMIT_TRUSTED_PROXIES", [])
             kwargs["rules"] = [Rule(default, key=ClientIP(trusted_proxies=proxies))]
-        exempt = env.get(prefix + "RATE_LIMIT_EXEMPT_PATHS")
-        if exempt:
-            kwargs["exempt_paths"] = _split(exempt)
-        mode = env.get(prefix + "RATE_LIMIT_HEADERS")
+        if exempt := env_list(prefix + "RATE_LIMIT_EXEMPT_PATHS"):
+            kwargs["exempt_paths"] = exempt
+        # Set but blank is meaningful here: no headers at all, like "none".
+        mode = os.environ.get(prefix + "RATE_LIMIT_HEADERS")
         if mode is not None:
             kwargs["headers"] = None if mode.strip().lower() in {"", "none"} else mode.strip()
         kwargs.update(overrides)
@@ -165,7 +164,3 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
