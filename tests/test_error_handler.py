@@ -24,6 +24,7 @@ from gennet_toolkit.error_handler import (
     problem_response,
 )
 from gennet_toolkit.exceptions import NotFound, RateLimitExceeded, ServiceUnavailable
+from gennet_toolkit.types import Message
 
 pytestmark = pytest.mark.anyio
 
@@ -443,6 +444,30 @@ async def test_a_5xx_the_app_returns_on_purpose_is_passed_through() -> None:
     assert r.status_code == 503
     assert r.text == "maintenance"
     assert r.headers["retry-after"] == "60"
+
+
+async def test_a_streamed_5xx_keeps_streaming_and_a_later_failure_reraises() -> None:
+    sent: list[Message] = []
+    reached_server: list[int] = []
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 502, "headers": []})
+        await send({"type": "http.response.body", "body": b"upstream said", "more_body": True})
+        reached_server.append(len(sent))
+        raise RuntimeError(SECRET)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    with pytest.raises(RuntimeError):
+        await ErrorHandlerMiddleware(bare)(scope, receive, send)
+    assert reached_server == [2]  # both messages went out before the app went on
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [502]
+    assert b"hunter2" not in b"".join(m.get("body", b"") for m in sent)
 
 
 async def test_instance_is_the_full_path_under_a_mount() -> None:

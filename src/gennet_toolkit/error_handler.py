@@ -224,9 +224,10 @@ class ErrorHandlerMiddleware:
     through untouched.
 
     Starlette and FastAPI render errors inside the app: their ``ServerErrorMiddleware``
-    answers a plain-text 500, then re-raises. So a 5xx response start is held back until
-    the app returns, and replaced by the problem body if an exception follows, wherever
-    the Starlette app sits inside this middleware. When ``app`` itself is Starlette or
+    answers a plain-text 500, then re-raises. So a single-message 5xx response is held
+    back until the app returns, and replaced by the problem body if an exception follows,
+    wherever the Starlette app sits inside this middleware; a 5xx the app streams flows
+    as it streams. When ``app`` itself is Starlette or
     FastAPI, :func:`install_error_handlers` is also called on it, so inner layers
     (metrics, access logs) see the real status (``install_handlers=False`` opts out).
     """
@@ -266,6 +267,13 @@ class ErrorHandlerMiddleware:
                 completed = True
             if held is not None:
                 held.append(message)
+                if not message.get("more_body"):
+                    return
+                # A streamed 5xx is the app's own answer (Starlette's error page is one
+                # message): let it stream; a failure from here on re-raises.
+                flush, held = held, None
+                for m in flush:
+                    await send(m)
                 return
             await send(message)
 
