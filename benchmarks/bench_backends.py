@@ -52,6 +52,18 @@ def sync_ops(b: Backend) -> dict[str, Callable[[], Any]]:
         lock.acquire()
         lock.release()
 
+    held = s.lock("bench-held", ttl=30)
+    held.acquire()
+    batch = {f"m{i}": "v" for i in range(10)}
+
+    def delete_cycle() -> None:
+        s.set("del", "v")
+        s.delete("del")
+
+    def prefix_cycle() -> None:
+        s.set_many({"dp:a": "1", "dp:b": "2"})
+        s.delete_prefix("dp:")
+
     def cas_swap() -> None:
         if not s.compare_and_set("cas", "a", "b"):
             s.compare_and_set("cas", "b", "a")
@@ -61,10 +73,16 @@ def sync_ops(b: Backend) -> dict[str, Callable[[], Any]]:
         "set ttl": lambda: s.set("set", "value", ttl=60),
         "set nx": lambda: s.set("get", "value", nx=True),
         "get_many(10)": lambda: s.get_many([f"m{i}" for i in range(10)]),
+        "set_many(10) (Lua)": lambda: s.set_many(batch, ttl=60),
+        "ttl": lambda: s.ttl("get"),
+        "expire": lambda: s.expire("get", 3600),
+        "set+delete": delete_cycle,
+        "set_many(2)+delete_prefix": prefix_cycle,
         "incr": lambda: s.incr("incr"),
         "incr ttl (Lua)": lambda: s.incr("incr-ttl", ttl=60),
         "compare_and_set (Lua)": cas_swap,
         "lock acquire+release": lock_cycle,
+        "lock extend (Lua)": held.extend,
         "publish (0 subscribers)": lambda: s.publish("nobody", "x"),
         "fixed_window (Lua)": lambda: s.fixed_window("fw", BIG, 60),
         "sliding_window (Lua)": lambda: s.sliding_window("sw", BIG, 60),
