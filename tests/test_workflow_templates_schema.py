@@ -540,3 +540,26 @@ def test_any_params_are_a_run_or_a_4xx(fuzz_registry: Any, params: Any) -> None:
     except (ValidationFailed, PayloadTooLarge):
         return  # both are 4xx
     assert run.params["s"].endswith(".txt")
+
+
+def test_rendering_substitutes_references_and_evaluates_nothing() -> None:
+    from gennet_toolkit.workflow_templates._model import render
+
+    params = {"x": [1, 2], "s": "a${params.x}b", "n": None}
+    assert render("${params.x}", params) == [1, 2]
+    assert render("pre-${params.x}-${params.s}", params) == "pre-[1,2]-a${params.x}b"  # one pass
+    with pytest.raises(ValidationFailed):  # a plain key lookup, never an attribute
+        render("${params.__class__}", params)
+    for inert in (
+        "${ params.x }",
+        "{{ params.x }}",
+        "${params.x.y}",
+        "${env.HOME}",
+        "$(rm -rf /)",
+        "${params.x",
+    ):
+        assert render(inert, params) == inert
+    assert render({"k": ["${params.n}"]}, params) == {"k": [None]}
+    with pytest.raises(ValidationFailed) as info:
+        render("${params.missing}", params)
+    assert pointers(info.value) == ["/missing"]
