@@ -6,7 +6,6 @@ import decimal
 import enum
 import hashlib
 import json
-import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import InstrumentedAttribute, RelationshipProperty
 
+from gennet_toolkit._env import env_int
 from gennet_toolkit.exceptions import ConfigurationError, FieldError
 from gennet_toolkit.search._fulltext import Deferred, FullText, _Resolved, normalise_query
 from gennet_toolkit.search._result import FilterResult, ParsedQuery, dialect_name, normal_value
@@ -155,14 +155,8 @@ class FilterSet:
         """Build with caps from ``{prefix}SEARCH_MAX_CLAUSES``, ``_MAX_IN``,
         ``_MAX_VALUE_LENGTH``, ``_MAX_SORT`` and ``_MAX_SEARCH_LENGTH``; keywords win."""
         for key in ("max_clauses", "max_in", "max_value_length", "max_sort", "max_search_length"):
-            raw = os.environ.get(f"{prefix}SEARCH_{key.upper()}")
-            if raw is not None and key not in options:
-                try:
-                    options[key] = int(raw)
-                except ValueError:
-                    raise ConfigurationError(
-                        f"{prefix}SEARCH_{key.upper()} must be an integer"
-                    ) from None
+            if key not in options and (cap := env_int(f"{prefix}SEARCH_{key.upper()}")) is not None:
+                options[key] = cap
         return cls(model, fields, **options)
 
     # ------------------------------------------------------------------ setup
