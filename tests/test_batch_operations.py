@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import CheckConstraint, Enum, Float, ForeignKey, String, UniqueConstraint
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -201,6 +203,11 @@ def test_per_item_create_writes_the_valid_items_and_explains_the_others(
     }
     assert result.status_code == 207
     assert result.to_dict()["outcome"] == "partial"
+    # details are the fixed texts: no database message, no constraint or column values
+    assert all(e.detail == bo.CODES[e.code][1] for e in result.failed)
+    body = json.dumps(result.to_dict()).lower()
+    for leak in ("constraint failed", "bo_weight_range", "bo_edges", "key (", "999"):
+        assert leak not in body
     with factory() as s:
         rows = set(s.execute(sa.select(Edge.src, Edge.tgt)))
     assert rows == {(1, 2), (3, 4), (8, 9)}
@@ -609,6 +616,11 @@ async def test_async_processor_runs_the_same_plans(database: Database) -> None:
         genes = BatchProcessor(factory, Gene, conflict=["symbol"], return_keys=True)
         created = await genes.acreate_many([{"symbol": f"a{i}"} for i in range(5)])
         assert created.created == [0, 1, 2, 3, 4]
+        rejected = await genes.acreate_many([{"symbol": "new"}, {"symbol": "a1"}])
+        assert rejected.rejected
+        assert codes(rejected) == {1: "duplicate"}
+        async with factory() as s:
+            assert await s.scalar(sa.select(sa.func.count()).select_from(Gene)) == 5
         assert len(set(created.keys.values())) == 5
         edges = BatchProcessor(factory, Edge)
         ids = list(created.keys.values())
@@ -640,3 +652,42 @@ def test_async_methods_need_an_async_factory(factory: sessionmaker[Session]) -> 
     proc = BatchProcessor(factory, Gene)
     with pytest.raises(ConfigurationError):
         asyncio.run(proc.acreate_many([{"symbol": "a"}]))
+
+
+# --------------------------------------------------------------------------- property
+
+
+_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=40),
+    st.lists(st.integers(), max_size=2),
+)
+_item = st.one_of(
+    st.dictionaries(st.sampled_from(["id", "symbol", "organism", "note", "extra"]), _value),
+    _value,
+)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(items=st.lists(_item, max_size=12), atomic=st.booleans())
+def test_any_batch_gets_a_verdict_for_every_index_and_never_raises(
+    factory: sessionmaker[Session], items: list[Any], atomic: bool
+) -> None:
+    with factory.begin() as s:
+        s.execute(sa.delete(Gene))
+    result = BatchProcessor(factory, Gene).create_many(items, atomic=atomic)
+    written = result.created
+    failed = [e.index for e in result.failed]
+    assert sorted(written + failed) == (list(range(len(items))) if not result.rejected else failed)
+    assert len(set(failed)) == len(failed)
+    assert count(factory, Gene) == len(written)
+    assert result.status_code in {200, 207, 403, 404, 409, 422}
+    json.dumps(result.to_dict())  # always serialisable

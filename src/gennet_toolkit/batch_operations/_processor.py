@@ -155,6 +155,12 @@ class BatchProcessor:
 
     # ------------------------------------------------------------------ request bodies
 
+    def _too_many_bytes(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"A batch body may hold at most {self.max_bytes} bytes.",
+            extra={"max_bytes": self.max_bytes},
+        )
+
     def parse_items(self, body: bytes, *, member: str = "items") -> list[Any]:
         """Decode a JSON batch body: a list, or an object whose ``member`` is the list.
 
@@ -162,10 +168,7 @@ class BatchProcessor:
         over ``max_items`` → 413. Nothing from the body is echoed in the errors.
         """
         if len(body) > self.max_bytes:
-            raise PayloadTooLarge(
-                f"A batch body may hold at most {self.max_bytes} bytes.",
-                extra={"max_bytes": self.max_bytes},
-            )
+            raise self._too_many_bytes()
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -185,16 +188,13 @@ class BatchProcessor:
         byte cap enforced while streaming, then :meth:`parse_items` it."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            self.parse_items(b" " * (self.max_bytes + 1))  # raises the same 413
+            raise self._too_many_bytes()
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > self.max_bytes:
-                raise PayloadTooLarge(
-                    f"A batch body may hold at most {self.max_bytes} bytes.",
-                    extra={"max_bytes": self.max_bytes},
-                )
+                raise self._too_many_bytes()
             chunks.append(chunk)
         return self.parse_items(b"".join(chunks), member=member)
 
@@ -342,9 +342,16 @@ class BatchProcessor:
     def create_tables(self) -> None:
         """Create the idempotency-key table if missing (done on first use otherwise)."""
         self._need(False, "create_tables")
-        with self._factory() as session:
-            self._idem_table.create(session.connection(), checkfirst=True)
-            session.commit()
+        for attempt in (1, 2):
+            try:
+                with self._factory() as session:
+                    self._idem_table.create(session.connection(), checkfirst=True)
+                    session.commit()
+                break
+            except sa_exc.DBAPIError:
+                # Another process created it between our check and CREATE: look again.
+                if attempt == 2:
+                    raise
         self._idem_ready = True
 
     def purge_expired(self) -> None:
@@ -426,9 +433,15 @@ class BatchProcessor:
         """:meth:`create_tables` on an ``async_sessionmaker``."""
         self._need(True, "acreate_tables")
         table = self._idem_table
-        async with self._factory() as session:
-            await session.run_sync(lambda s: table.create(s.connection(), checkfirst=True))
-            await session.commit()
+        for attempt in (1, 2):
+            try:
+                async with self._factory() as session:
+                    await session.run_sync(lambda s: table.create(s.connection(), checkfirst=True))
+                    await session.commit()
+                break
+            except sa_exc.DBAPIError:
+                if attempt == 2:
+                    raise
         self._idem_ready = True
 
     async def apurge_expired(self) -> None:
@@ -486,7 +499,10 @@ def _drive_sync(session: Any, plan: Generator[Op, Any, T]) -> T:
         send, error = None, None
         try:
             if isinstance(op, Execute):
-                res = session.execute(op.stmt, op.params) if op.params else session.execute(op.stmt)
+                if op.params is not None:
+                    res = session.execute(op.stmt, op.params)
+                else:
+                    res = session.execute(op.stmt)
                 send = res.all() if op.fetch else None
             elif isinstance(op, Savepoint):
                 send = session.begin_nested()
@@ -510,7 +526,7 @@ async def _drive_async(session: Any, plan: Generator[Op, Any, T]) -> T:
         send, error = None, None
         try:
             if isinstance(op, Execute):
-                if op.params:
+                if op.params is not None:
                     res = await session.execute(op.stmt, op.params)
                 else:
                     res = await session.execute(op.stmt)
