@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 
-from gennet_toolkit.api_versioning._changes import ChangeContext, VersionChange
-from gennet_toolkit.exceptions import PayloadTooLarge
+from gennet_toolkit.api_versioning._changes import ChangeContext, VersionChange, format_version
+from gennet_toolkit.exceptions import BadRequest, GenNetError, PayloadTooLarge
 from gennet_toolkit.types import Message, Receive, Scope, Send
 
 __all__ = ["downgrading_send", "is_json", "merge_vary", "upgrading_receive"]
+
+logger = logging.getLogger("gennet_toolkit.api_versioning")
 
 
 async def upgrading_receive(
@@ -45,8 +48,23 @@ async def upgrading_receive(
         # Malformed JSON goes through untouched: the app's validation answers it.
         body = _UNPARSED
     if body is not _UNPARSED:
-        for change in upgrades:
-            body = change.upgrade_request(body, ctx)
+        try:
+            for change in upgrades:
+                body = change.upgrade_request(body, ctx)
+        except GenNetError:
+            raise
+        except Exception:
+            # Usually an old client's body of a shape the migration did not expect (a
+            # list for an object): bad input, so a 400, never a 500. A bug in the
+            # migration shows up here too, hence the traceback in the log.
+            logger.exception(
+                "request migration %s failed for %s %s", type(change).__name__, ctx.method, ctx.path
+            )
+            raise BadRequest(
+                "The request body cannot be migrated from API version "
+                f"{format_version(ctx.version)} to the current one.",
+                code="request_migration_failed",
+            ) from None
         raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     # The replayed body is one message of known length, no longer chunked.
     drop = (b"content-length", b"transfer-encoding")
