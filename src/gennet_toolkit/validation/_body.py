@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar, cast
@@ -30,6 +31,8 @@ __all__ = [
     "parse_body",
     "read_body",
 ]
+
+logger = logging.getLogger("gennet_toolkit.validation")
 
 M = TypeVar("M")
 
@@ -296,3 +299,4 @@ class BodySizeLimitMiddleware:
             # app's error (ours, or its wrapper of it) has nothing left to say.
             if not answered:
                 raise
+            logger.debug("app raised after its request body was refused", exc_info=True)
