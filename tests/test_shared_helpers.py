@@ -488,3 +488,29 @@ def test_problem_messages_can_leave_out_instance_and_correlation_id() -> None:
             NotFound("n").to_problem(instance="/p", correlation_id="c"), separators=(",", ":")
         ).encode()
     )
+
+
+# ------------------------------------------------------------------ modules on the shared resolver
+
+
+async def test_audit_trail_records_mount_templates_not_raw_prefixes() -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
+
+    from gennet_toolkit.event_sourcing import AuditTrailMiddleware, EventStore
+
+    store = EventStore(
+        create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}),
+        key="k" * 32,
+        table_prefix="shared_",
+    )
+    store.create_tables()
+    tenants = Mount("/tenants/{tenant}", routes=[Route("/genes/{symbol}", ok, methods=["POST"])])
+    app = AuditTrailMiddleware(Starlette(routes=[Mount("/api", routes=[tenants])]), store=store)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, root_path="/svc"), base_url="http://test"
+    ) as c:
+        assert (await c.post("/svc/api/tenants/acme/genes/lacZ")).status_code == 200
+        assert (await c.post("/svc/api/tenants/acme/nothing")).status_code == 404
+    routes = [e.data["route"] for e in store.read_stream("audit")]
+    assert routes == ["/api/tenants/{tenant}/genes/{symbol}", None]

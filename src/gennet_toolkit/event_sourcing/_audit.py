@@ -14,14 +14,15 @@ Two entry points, because auditing through ORM flush hooks misses bulk ``update(
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
 from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit._env import env_bool, env_list, env_str
+from gennet_toolkit._problem import send_problem
+from gennet_toolkit._routes import RouteResolver
 from gennet_toolkit.event_sourcing._events import (
     ANY,
     MAX_NAME_LENGTH,
@@ -214,20 +215,6 @@ def scope_user_actor(scope: Scope) -> str | None:
     return None
 
 
-def _route_template(scope: Scope) -> str | None:
-    route = scope.get("route")
-    if route is None:
-        return None
-    fastapi_scope = scope.get("fastapi")
-    if isinstance(fastapi_scope, dict):
-        context = fastapi_scope.get("effective_route_context")
-        path = getattr(context, "path", None)
-        if getattr(context, "original_route", None) is route and isinstance(path, str):
-            return path
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else None
-
-
 def _outcome(status: int) -> str:
     if status < 400:
         return "success"
@@ -294,6 +281,7 @@ class AuditTrailMiddleware:
         self.exclude_paths = frozenset(exclude_paths)
         self.fail_closed = fail_closed
         self._incident = _Incident()
+        self._routes = RouteResolver(app)
 
     @classmethod
     def from_env(
@@ -306,17 +294,16 @@ class AuditTrailMiddleware:
     ) -> AuditTrailMiddleware:
         """Build from ``{prefix}AUDIT_STREAM``, ``_EVENT_TYPE``, ``_FAIL_CLOSED`` and
         ``_EXCLUDE_PATHS`` (comma-separated); keyword arguments win."""
-        env = os.environ
         p = prefix + "AUDIT_"
         kw: dict[str, Any] = {}
-        if (stream := env.get(p + "STREAM")) is not None:
+        if (stream := env_str(p + "STREAM")) is not None:
             kw["stream"] = stream
-        if (event_type := env.get(p + "EVENT_TYPE")) is not None:
+        if (event_type := env_str(p + "EVENT_TYPE")) is not None:
             kw["event_type"] = event_type
-        if (closed := env.get(p + "FAIL_CLOSED")) is not None:
-            kw["fail_closed"] = closed.strip().lower() in {"1", "true", "yes", "on"}
-        if (paths := env.get(p + "EXCLUDE_PATHS")) is not None:
-            kw["exclude_paths"] = [x.strip() for x in paths.split(",") if x.strip()]
+        if (closed := env_bool(p + "FAIL_CLOSED")) is not None:
+            kw["fail_closed"] = closed
+        if (paths := env_list(p + "EXCLUDE_PATHS")) is not None:
+            kw["exclude_paths"] = paths
         kw.update(overrides)
         return cls(app, store=store, **kw)
 
@@ -337,6 +324,7 @@ class AuditTrailMiddleware:
                 return
         status: int | None = None
         header_cid: str | None = None
+        entry = (scope["path"], scope.get("root_path", ""))  # what the route is relative to
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, header_cid
@@ -351,9 +339,9 @@ class AuditTrailMiddleware:
             await self.app(scope, receive, send_wrapper)
         except Exception:
             # Failed requests are audit events too; record, then let the error propagate.
-            await self._record(scope, status if status is not None else 500, header_cid)
+            await self._record(scope, entry, status if status is not None else 500, header_cid)
             raise
-        await self._record(scope, status if status is not None else 500, header_cid)
+        await self._record(scope, entry, status if status is not None else 500, header_cid)
 
     async def _call_store(self, method: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.store, method)
@@ -362,13 +350,16 @@ class AuditTrailMiddleware:
         # to_thread copies the context: the store still sees the correlation id.
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def _record(self, scope: Scope, status: int, header_cid: str | None) -> None:
+    async def _record(
+        self, scope: Scope, entry: tuple[str, str], status: int, header_cid: str | None
+    ) -> None:
         try:
             actor = self.actor(scope)
             params = scope.get("path_params") or {}
             data = {
                 "method": scope["method"],
-                "route": _route_template(scope),
+                # The template with mount prefixes, never the raw path; None if unmatched.
+                "route": self._routes.resolve(scope, *entry),
                 "path_params": {
                     str(k)[:MAX_NAME_LENGTH]: str(v)[:MAX_NAME_LENGTH] for k, v in params.items()
                 },
@@ -394,13 +385,4 @@ class AuditTrailMiddleware:
         exc = ServiceUnavailable(
             "The audit trail is unavailable; the request was not processed.", retry_after=5
         )
-        body = json.dumps(
-            exc.to_problem(instance=scope.get("path"), correlation_id=correlation_id_var.get())
-        ).encode()
-        headers = [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(body)).encode()),
-            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()),
-        ]
-        await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(exc, scope, send)
