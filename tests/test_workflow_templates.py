@@ -468,3 +468,20 @@ def test_in_memory_store_behaves_like_the_sql_store() -> None:
     registry.create(template())
     assert registry.instantiate("variant-calling", {"reads": "a.fq.gz"}).version == "1.0.0"
     assert registry.usage("variant-calling").by_version == {"1.0.0": 1}
+
+
+def test_store_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.delenv("GENNET_DATABASE_URL", raising=False)
+    monkeypatch.delenv("GENNET_WORKFLOW_DATABASE_URL", raising=False)
+    with pytest.raises(ConfigurationError):
+        SqlTemplateStore.from_env()
+    monkeypatch.setenv("GENNET_DATABASE_URL", f"sqlite:///{tmp_path}/env.db")
+    monkeypatch.setenv("GENNET_WORKFLOW_TABLE_PREFIX", "wf_")
+    store = SqlTemplateStore.from_env()
+    store.create_tables()
+    TemplateRegistry(store).create(template())
+    assert sa.inspect(store.engine).has_table("wf_templates")
+    store.engine.dispose()
+    monkeypatch.setenv("GENNET_WORKFLOW_TABLE_PREFIX", "bad prefix;")
+    with pytest.raises(ConfigurationError):
+        SqlTemplateStore.from_env()

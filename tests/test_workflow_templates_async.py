@@ -246,3 +246,15 @@ async def test_http_errors_are_problem_json_without_submitted_values(
         r = await client.get("/templates", params={"cursor": SECRET})
         assert r.status_code == 400
         assert SECRET not in r.text
+
+
+async def test_async_store_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("GENNET_WORKFLOW_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/env.db")
+    store = AsyncSqlTemplateStore.from_env()
+    await store.create_tables()
+    try:
+        registry = AsyncTemplateRegistry(store)
+        await registry.create(template())
+        assert (await registry.get("grn-knockout-sim")).version == "1.0.0"
+    finally:
+        await store.engine.dispose()

@@ -7,13 +7,21 @@ import binascii
 import contextlib
 import hashlib
 import json
+import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from gennet_toolkit._optional import require
-from gennet_toolkit.exceptions import BadRequest, Conflict, FieldError, ServiceUnavailable
+from gennet_toolkit.exceptions import (
+    BadRequest,
+    ConfigurationError,
+    Conflict,
+    FieldError,
+    ServiceUnavailable,
+)
 from gennet_toolkit.workflow_templates._schema import canonical_json
 from gennet_toolkit.workflow_templates._semver import SemVer
 
@@ -29,6 +37,7 @@ __all__ = [
 _FEATURE = "gennet_toolkit.workflow_templates"
 MAX_TEXT = 200
 MAX_LIMIT = 200
+_TABLE_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,30}")
 
 
 class InvalidCursor(BadRequest):
@@ -389,6 +398,20 @@ def _page(rows: Sequence[Any], q: DiscoverQuery) -> tuple[list[TemplateSummary],
     return items, cursor
 
 
+def _env_config(prefix: str) -> tuple[str, str]:
+    url = os.environ.get(f"{prefix}WORKFLOW_DATABASE_URL") or os.environ.get(
+        f"{prefix}DATABASE_URL"
+    )
+    if not url:
+        raise ConfigurationError(
+            f"set {prefix}WORKFLOW_DATABASE_URL or {prefix}DATABASE_URL for the template store"
+        )
+    table_prefix = os.environ.get(f"{prefix}WORKFLOW_TABLE_PREFIX") or "gennet_wf_"
+    if not _TABLE_PREFIX.fullmatch(table_prefix):
+        raise ConfigurationError(f"{prefix}WORKFLOW_TABLE_PREFIX must match [a-z_][a-z0-9_]*")
+    return url, table_prefix
+
+
 class SqlTemplateStore:
     """Templates and usage events in a database, through a sync SQLAlchemy ``Engine``.
 
@@ -402,6 +425,14 @@ class SqlTemplateStore:
         self.engine = engine
         self._s = _Statements(table_prefix)
         self.metadata = self._s.metadata
+
+    @classmethod
+    def from_env(cls, prefix: str = "GENNET_", **engine_kwargs: Any) -> SqlTemplateStore:
+        """A store on ``{prefix}WORKFLOW_DATABASE_URL`` (else ``{prefix}DATABASE_URL``);
+        ``{prefix}WORKFLOW_TABLE_PREFIX`` overrides the table prefix. Tables are not created."""
+        sa = require("sqlalchemy", extra="sql", feature=_FEATURE)
+        url, table_prefix = _env_config(prefix)
+        return cls(sa.create_engine(url, **engine_kwargs), table_prefix=table_prefix)
 
     @classmethod
     def in_memory(cls) -> SqlTemplateStore:
@@ -486,6 +517,14 @@ class AsyncSqlTemplateStore:
         self.engine = engine
         self._s = _Statements(table_prefix)
         self.metadata = self._s.metadata
+
+    @classmethod
+    def from_env(cls, prefix: str = "GENNET_", **engine_kwargs: Any) -> AsyncSqlTemplateStore:
+        """See :meth:`SqlTemplateStore.from_env`; the URL names an async driver
+        (``sqlite+aiosqlite://…``, ``postgresql+asyncpg://…``)."""
+        sa_async = require("sqlalchemy.ext.asyncio", extra="sql", feature=_FEATURE)
+        url, table_prefix = _env_config(prefix)
+        return cls(sa_async.create_async_engine(url, **engine_kwargs), table_prefix=table_prefix)
 
     async def create_tables(self) -> None:
         """Create the tables that do not exist yet."""
