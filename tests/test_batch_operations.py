@@ -118,6 +118,20 @@ def test_public_names_are_exported() -> None:
         assert getattr(bo, name).__doc__ or name == "CODES"
 
 
+def test_results_can_be_built_as_the_design_names_them() -> None:
+    result = BatchResult([0, 2], failed=[ItemError(1, "Bad gene.")])
+    assert result.counts["total"] == 3
+    assert result.status_code == 422  # atomic by default: the failure's status
+    assert BatchResult.from_dict(result.to_dict()).failed == result.failed
+    partial = BatchResult([0], failed=[ItemError(1, "x", "duplicate")], atomic=False)
+    assert partial.status_code == 207
+    assert partial.item_results()[1] == {
+        "index": 1,
+        "status": 409,
+        "error": {"code": "duplicate", "detail": "x"},
+    }
+
+
 def test_every_code_has_a_status_and_a_fixed_detail() -> None:
     for code, (status, detail) in bo.CODES.items():
         assert 400 <= status < 500

@@ -342,7 +342,10 @@ def create_plan(
     """Insert ``items``: all or nothing (``atomic``) or item by item."""
     dialect_insert(info.table, dialect)  # refuse unsupported dialects up front
     b = _Batch(
-        info, BatchResult("create", atomic, len(items)), dialect=dialect, chunk_size=chunk_size
+        info,
+        BatchResult(operation="create", atomic=atomic, total=len(items)),
+        dialect=dialect,
+        chunk_size=chunk_size,
     )
     rows = info.validate(items, b.errors)
     rows = b.authorize(rows, authorize)
@@ -362,7 +365,7 @@ def create_plan(
             if not item_level(exc):
                 raise
             yield RollbackTo(handle)
-            b.result = BatchResult("create", atomic, len(items))
+            b.result = BatchResult(operation="create", atomic=atomic, total=len(items))
         else:
             yield Release(handle)
             return b.finish()
@@ -391,7 +394,10 @@ def upsert_plan(
     """Insert or update ``items`` on the unique key ``conflict`` (ON CONFLICT DO UPDATE)."""
     insert = dialect_insert(info.table, dialect)
     b = _Batch(
-        info, BatchResult("upsert", atomic, len(items)), dialect=dialect, chunk_size=chunk_size
+        info,
+        BatchResult(operation="upsert", atomic=atomic, total=len(items)),
+        dialect=dialect,
+        chunk_size=chunk_size,
     )
     rows = info.validate(items, b.errors)
     rows = info.check_keys(rows, conflict, b.errors)
@@ -454,7 +460,7 @@ def upsert_plan(
             if not item_level(exc):
                 raise
             yield RollbackTo(handle)
-            b.result = BatchResult("upsert", atomic, len(items))
+            b.result = BatchResult(operation="upsert", atomic=atomic, total=len(items))
             rows = yield from b.check_foreign_keys(rows)
         else:
             yield Release(handle)
@@ -479,7 +485,10 @@ def delete_plan(
     """Delete rows by primary key; ids outside ``where`` count as not found."""
     dialect_insert(info.table, dialect)
     b = _Batch(
-        info, BatchResult("delete", atomic, len(ids)), dialect=dialect, chunk_size=chunk_size
+        info,
+        BatchResult(operation="delete", atomic=atomic, total=len(ids)),
+        dialect=dialect,
+        chunk_size=chunk_size,
     )
     pk = info.pk
     pk_cols = [info.column(k) for k in pk]
@@ -527,7 +536,7 @@ def delete_plan(
             if not item_level(exc):
                 raise
             yield RollbackTo(handle)
-            b.result = BatchResult("delete", atomic, len(ids))
+            b.result = BatchResult(operation="delete", atomic=atomic, total=len(ids))
         else:
             yield Release(handle)
             return b.finish()

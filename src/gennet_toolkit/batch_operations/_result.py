@@ -47,7 +47,7 @@ class ItemError:
 
     index: int
     detail: str
-    code: str
+    code: str = "invalid_value"
     field: str | None = None
 
     @classmethod
@@ -85,23 +85,31 @@ def jsonable(value: Any) -> Any:
 class BatchResult:
     """The outcome of one batch call, item by item.
 
-    ``created``, ``updated`` and ``deleted`` list the indices (into the submitted
-    items) that were written; ``failed`` lists an :class:`ItemError` per rejected
-    index; ``keys`` maps written indices to their primary key where it is known
-    (submitted, or learnt by ``RETURNING``). When ``atomic`` and ``failed`` is not
-    empty, nothing was written (``rejected``). ``replayed`` is true when the result
-    was served from an idempotency key instead of writing again.
+    ``BatchResult(created, failed=[ItemError(index, detail, code)], updated=…,
+    deleted=…, keys=…, operation=…, atomic=…, total=…)``. ``created``, ``updated``
+    and ``deleted`` list the indices (into the submitted items) that were written;
+    ``failed`` lists an :class:`ItemError` per rejected index; ``keys`` maps written
+    indices to their primary key where it is known (submitted, or learnt by
+    ``RETURNING``). When ``atomic`` and ``failed`` is not empty, nothing was written
+    (``rejected``). ``replayed`` is true when the result was served from an
+    idempotency key instead of writing again. ``total`` defaults to the number of
+    indices mentioned.
     """
 
-    operation: str
-    atomic: bool
-    total: int
     created: list[int] = field(default_factory=list)
+    failed: list[ItemError] = field(default_factory=list)
     updated: list[int] = field(default_factory=list)
     deleted: list[int] = field(default_factory=list)
-    failed: list[ItemError] = field(default_factory=list)
     keys: dict[int, Any] = field(default_factory=dict)
+    operation: str = "create"
+    atomic: bool = True
+    total: int = -1
     replayed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.total < 0:
+            self.total = len(self.created) + len(self.updated) + len(self.deleted)
+            self.total += len(self.failed)
 
     @property
     def ok(self) -> bool:
@@ -180,7 +188,11 @@ class BatchResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BatchResult:
         """Rebuild a result from :meth:`to_dict` (keys come back in their JSON form)."""
-        result = cls(str(data["operation"]), bool(data["atomic"]), int(data["counts"]["total"]))
+        result = cls(
+            operation=str(data["operation"]),
+            atomic=bool(data["atomic"]),
+            total=int(data["counts"]["total"]),
+        )
         result.replayed = bool(data.get("replayed", False))
         for entry in data["results"]:
             i = int(entry["index"])
