@@ -268,6 +268,22 @@ async def test_scripts_are_registered_once_per_client(redis_server: RedisServer)
 
 
 @pytest.mark.anyio
+async def test_backend_started_while_redis_is_down_works_once_it_is_up(
+    redis_server: RedisServer,
+) -> None:
+    redis_server.stop()
+    backend = RedisBackend(redis_server.url, socket_connect_timeout=0.5)
+    with pytest.raises(ServiceUnavailable):
+        await backend.incr("n", ttl=60)
+    with pytest.raises(ServiceUnavailable):
+        backend.sync.sliding_window("w", 5, 60)
+    redis_server.start()
+    assert await backend.incr("n", ttl=60) == 1
+    assert backend.sync.sliding_window("w", 5, 60).remaining == 4
+    await backend.aclose()
+
+
+@pytest.mark.anyio
 async def test_delete_prefix_scans_and_never_sends_keys_or_flush(redis_server: RedisServer) -> None:
     backend = RedisBackend(redis_server.url, prefix="app:")
     await backend.set_many({f"c:{i}": "v" for i in range(50)})
