@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from gennet_toolkit._env import env_bool, env_float, env_int, env_list, env_str
 from gennet_toolkit._optional import require
 from gennet_toolkit.exceptions import BadRequest, ConfigurationError, FieldError
 from gennet_toolkit.pagination._cursor import Cursor, CursorCodec, Direction, query_hash
@@ -206,24 +206,20 @@ class CursorPaginator:
         ``…_SECRET`` (comma-separated: the first signs, all verify), ``…_ENCRYPT``
         (``1``/``true``), ``…_MAX_AGE`` (seconds) and ``…_NULLS``; keyword ``overrides``
         (``order_by=`` …) win."""
-        env = os.environ
         p = f"{prefix}PAGINATION_"
         kwargs: dict[str, Any] = {}
-        try:
-            if v := env.get(p + "PAGE_SIZE", "").strip():
-                kwargs["page_size"] = int(v)
-            if v := env.get(p + "MAX_PAGE_SIZE", "").strip():
-                kwargs["max_page_size"] = int(v)
-            if v := env.get(p + "MAX_AGE", "").strip():
-                kwargs["max_age"] = float(v)
-        except ValueError:
-            raise ConfigurationError(f"{p}* sizes and ages must be numbers") from None
-        if secrets := [s.strip() for s in env.get(p + "SECRET", "").split(",") if s.strip()]:
+        if (size := env_int(p + "PAGE_SIZE")) is not None:
+            kwargs["page_size"] = size
+        if (size := env_int(p + "MAX_PAGE_SIZE")) is not None:
+            kwargs["max_page_size"] = size
+        if (age := env_float(p + "MAX_AGE")) is not None:
+            kwargs["max_age"] = age
+        if secrets := env_list(p + "SECRET"):
             kwargs["secret"] = secrets
-        if env.get(p + "ENCRYPT", "").strip().lower() in {"1", "true", "yes", "on"}:
+        if env_bool(p + "ENCRYPT", False):
             kwargs["encrypt"] = True
-        if v := env.get(p + "NULLS", "").strip():
-            kwargs["nulls"] = v
+        if nulls := env_str(p + "NULLS"):
+            kwargs["nulls"] = nulls
         kwargs.update(overrides)
         return cls(**kwargs)
 
