@@ -44,6 +44,25 @@ class Gene(Base):
     symbol: Mapped[str] = mapped_column(String(16), unique=True)
     organism: Mapped[str] = mapped_column(String(32), default="human")
     note: Mapped[str | None] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+
+
+class Upper(sa.TypeDecorator[str]):
+    """A custom type the processor cannot check: its bind processor may raise."""
+
+    impl = String(8)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is not None and (not isinstance(value, str) or not value.isupper()):
+            raise ValueError("not upper case")
+        return value
+
+
+class Tag(Base):
+    __tablename__ = "bo_tags"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(Upper)
 
 
 class Edge(Base):
@@ -237,6 +256,9 @@ def test_per_item_create_writes_the_valid_items_and_explains_the_others(
         ({"symbol": 12345}, "invalid_type", "symbol"),
         ({"symbol": SECRET}, "too_long", "symbol"),
         ({"symbol": "a\x00b"}, "invalid_value", "symbol"),
+        ({"symbol": "\ud800"}, "invalid_value", "symbol"),
+        ({"symbol": "ok", "meta": {"x": float("nan")}}, "invalid_value", "meta"),
+        ({"symbol": "ok", "meta": {"x": object()}}, "invalid_value", "meta"),
         ({"symbol": "ok", "id": 2**40}, "out_of_range", "id"),
         ({"symbol": "ok", "id": True}, "invalid_type", "id"),
         ({"symbol": "ok", "id": "7"}, "invalid_type", "id"),
@@ -271,6 +293,20 @@ def test_enum_and_range_checks_follow_the_column_types(
         [{"src": 1, "tgt": 2, "sign": "sideways"}], atomic=False
     )
     assert codes(edges) == {0: "invalid_value"}
+
+
+def test_values_a_custom_type_refuses_are_isolated_not_a_500(
+    factory: sessionmaker[Session],
+) -> None:
+    proc = BatchProcessor(factory, Tag)
+    items = [{"label": "ACT"}, {"label": "rep"}, {"label": "DUAL"}]
+    per_item = proc.create_many(items, atomic=False)
+    assert per_item.created == [0, 2]
+    assert codes(per_item) == {1: "invalid_value"}
+    atomic = proc.create_many(items)
+    assert atomic.rejected
+    assert codes(atomic) == {1: "invalid_value"}
+    assert count(factory, Tag) == 2
 
 
 def test_fields_guard_against_mass_assignment(factory: sessionmaker[Session]) -> None:

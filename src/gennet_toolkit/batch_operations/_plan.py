@@ -95,7 +95,10 @@ def item_level(exc: BaseException) -> bool:
     """
     if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
         return True
-    # A bind processor refusing a value (raised before any SQL is sent).
+    # A bind processor or the driver refusing a value before any SQL is sent
+    # (SQLAlchemy wraps some of these in StatementError, drivers raise others bare).
+    if isinstance(exc, TypeError | ValueError | OverflowError):
+        return True
     return isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError)
 
 

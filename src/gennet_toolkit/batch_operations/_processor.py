@@ -510,7 +510,7 @@ def _drive_sync(session: Any, plan: Generator[Op, Any, T]) -> T:
                 op.handle.commit()
             elif isinstance(op, RollbackTo):
                 op.handle.rollback()
-        except sa_exc.SQLAlchemyError as exc:
+        except (sa_exc.SQLAlchemyError, TypeError, ValueError, OverflowError) as exc:
             error = exc
 
 
@@ -537,5 +537,5 @@ async def _drive_async(session: Any, plan: Generator[Op, Any, T]) -> T:
                 await op.handle.commit()
             elif isinstance(op, RollbackTo):
                 await op.handle.rollback()
-        except sa_exc.SQLAlchemyError as exc:
+        except (sa_exc.SQLAlchemyError, TypeError, ValueError, OverflowError) as exc:
             error = exc

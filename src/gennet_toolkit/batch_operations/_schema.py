@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import enum
+import json
 import operator
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -56,9 +57,24 @@ def _str_check(length: int | None) -> _Check:
         if length is not None and len(v) > length:
             return "too_long"
         # PostgreSQL refuses NUL in text; SQLite would store it: refuse it everywhere.
-        return "invalid_value" if "\x00" in v else None
+        if "\x00" in v:
+            return "invalid_value"
+        if not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates, e.g. from a "\ud800" JSON escape
+                return "invalid_value"
+        return None
 
     return check
+
+
+def _json_check(v: Any) -> str | None:
+    try:
+        json.dumps(v, allow_nan=False)
+    except (TypeError, ValueError):
+        return "invalid_value"
+    return None
 
 
 def _instance_check(types: tuple[type, ...], *, no_bool: bool = False) -> _Check:
@@ -109,6 +125,8 @@ def _check_for(col_type: sat.TypeEngine[Any]) -> _Check | None:
         return _instance_check((uuid.UUID,) if col_type.as_uuid else (str,))
     if isinstance(col_type, sat.LargeBinary):
         return _instance_check((bytes,))
+    if isinstance(col_type, sat.JSON):
+        return _json_check
     return None
 
 
