@@ -14,7 +14,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from gennet_toolkit._context import correlation_id_var
 from gennet_toolkit.error_handler import (
@@ -479,3 +480,45 @@ async def test_instance_is_the_full_path_under_a_mount() -> None:
         r = await c.get("/api/missing")
     assert r.status_code == 404
     assert r.json()["instance"] == "/api/missing"
+
+
+async def _ws_refused(websocket: WebSocket) -> None:
+    raise NotFound("No such network.")
+
+
+async def _ws_fails_after_accept(websocket: WebSocket) -> None:
+    await websocket.accept()
+    raise RateLimitExceeded(retry_after=1)
+
+
+@pytest.mark.parametrize("framework", [Starlette, FastAPI])
+@pytest.mark.parametrize("wrap", [True, False], ids=["middleware", "handlers"])
+# Starlette 1.x nudges TestClient users towards httpx2; the websocket client is what is used.
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`:UserWarning")
+def test_websocket_errors_refuse_the_handshake_or_close_with_a_code(
+    framework: Any, wrap: bool
+) -> None:
+    from starlette.testclient import TestClient, WebSocketDenialResponse
+
+    inner = framework(
+        routes=[
+            WebSocketRoute("/refused", _ws_refused),
+            WebSocketRoute("/accepted", _ws_fails_after_accept),
+        ]
+    )
+    app: Any = ErrorHandlerMiddleware(inner) if wrap else inner
+    if not wrap:
+        install_error_handlers(inner)
+    with TestClient(app) as c:
+        with pytest.raises(WebSocketDenialResponse) as info, c.websocket_connect("/refused"):
+            pytest.fail("the handshake was accepted")
+        assert info.value.status_code == 404
+        assert info.value.headers["content-type"] == PROBLEM_JSON
+        assert info.value.json()["detail"] == "No such network."
+        with c.websocket_connect("/accepted") as ws:
+            # No HTTP response after accept(): a close frame with a code and no detail.
+            assert ws.receive() == {
+                "type": "websocket.close",
+                "code": 1008,
+                "reason": "rate_limited",
+            }

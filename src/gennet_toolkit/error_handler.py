@@ -25,8 +25,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.websockets import WebSocket, WebSocketState
 
 from gennet_toolkit._context import correlation_id_var
 from gennet_toolkit.exceptions import (
@@ -297,6 +298,23 @@ class ErrorHandlerMiddleware:
             await send(message)
 
 
+async def _websocket_answer(ws: WebSocket, exc: Exception, *, debug: bool) -> Response | None:
+    """Refuse the handshake with the problem body, or close an accepted socket.
+
+    After ``accept()`` no HTTP response may be sent: the socket is closed with 1008
+    (policy violation) for a client error or 1011 (internal error) otherwise, and the
+    error's stable ``code`` as the reason, never its detail.
+    """
+    if ws.application_state is WebSocketState.CONNECTING and "websocket.http.response" in (
+        ws.scope.get("extensions") or {}
+    ):
+        return problem_response(exc, scope=ws.scope, debug=debug)
+    if ws.application_state is not WebSocketState.DISCONNECTED:
+        error = to_gennet_error(exc)
+        await ws.close(code=1011 if error.status_code >= 500 else 1008, reason=error.code)
+    return None
+
+
 def install_error_handlers(app: Any, *, debug: bool = False) -> None:
     """Register problem+json handlers on a Starlette or FastAPI ``app``.
 
@@ -305,20 +323,23 @@ def install_error_handlers(app: Any, *, debug: bool = False) -> None:
     as the last resort, ``Exception`` (500 without details).
     """
 
-    async def handler(request: Request, exc: Exception) -> Response:
+    async def handler(conn: HTTPConnection, exc: Exception) -> Response | None:
+        # conn is a Request, or a WebSocket when a websocket endpoint raised.
         bodiless = _bodiless_response(exc)
         if bodiless is not None:
             return bodiless
-        _log(exc, to_gennet_error(exc), request.scope)
-        request.scope[_SCOPE_LOGGED] = True
-        return problem_response(exc, scope=request.scope, debug=debug)
+        _log(exc, to_gennet_error(exc), conn.scope)
+        conn.scope[_SCOPE_LOGGED] = True
+        if isinstance(conn, WebSocket):
+            return await _websocket_answer(conn, exc, debug=debug)
+        return problem_response(exc, scope=conn.scope, debug=debug)
 
-    async def undecodable_handler(request: Request, exc: Exception) -> Response:
+    async def undecodable_handler(conn: HTTPConnection, exc: Exception) -> Response | None:
         if not _undecodable_json(exc):
             # Not a request body: leave it to the last-resort 500 path, which re-raises
             # so the server and outer middleware see the failure.
             raise exc
-        return await handler(request, exc)
+        return await handler(conn, exc)
 
     app.add_exception_handler(GenNetError, handler)
     app.add_exception_handler(StarletteHTTPException, handler)
