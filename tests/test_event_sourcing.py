@@ -150,6 +150,13 @@ def test_malformed_expected_version_is_a_400(store: EventStore, bad: Any) -> Non
         ("s", [NewEvent("X", metadata={"secret-value": {1, 2}})]),
         ("s", NewEvent("X")),
         ("s", [NewEvent("X", actor="a" * 201)]),
+        # Lone surrogates (a JSON body's "\\ud800") would make the driver fail: a 400.
+        ("\ud800", [NewEvent("X")]),
+        ("s", [NewEvent("X\udfff")]),
+        ("s", [NewEvent("X", actor="\ud800")]),
+        ("s", [NewEvent("X", {"v": "a\ud800"})]),
+        ("s", [NewEvent("X", {"\ud800": 1})]),
+        ("s", [NewEvent("X", metadata={"correlation_id": "\ud800"})]),
     ],
 )
 def test_malformed_events_are_refused_without_echoing_them(
@@ -162,6 +169,20 @@ def test_malformed_events_are_refused_without_echoing_them(
     assert "secret-value" not in str(body)
     assert "nan" not in str(body).lower()
     assert store.read_all() == []
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "a\x00"])
+def test_reads_with_undriveable_text_are_400_not_a_driver_error(
+    store: EventStore, bad: str
+) -> None:
+    with pytest.raises(InvalidEventError):
+        store.read_stream(bad)
+    with pytest.raises(InvalidEventError):
+        store.query(actor=bad)
+    with pytest.raises(InvalidEventError):
+        store.query(type=bad)
+    with pytest.raises(InvalidEventError):
+        store.save_snapshot("s", 0, {"k": "\ud800"})
 
 
 def test_appending_nothing_writes_nothing(store: EventStore) -> None:

@@ -152,7 +152,11 @@ def dumps(value: Any) -> str:
 def check_json(value: Any, what: str) -> str:
     """Serialise ``value`` or raise :class:`InvalidEventError` naming ``what`` (not the value)."""
     try:
-        return dumps(value)
+        text = dumps(value)
+        # A lone surrogate (``"\ud800"`` in a JSON body) serialises but no driver can
+        # store it: refuse it here as bad input rather than fail the write with a 500.
+        text.encode("utf-8")
+        return text
     except (TypeError, ValueError):
         raise InvalidEventError(
             f"{what} must be JSON (objects, arrays, strings, finite numbers, booleans, null)."
@@ -160,14 +164,29 @@ def check_json(value: Any, what: str) -> str:
 
 
 def check_name(value: object, what: str, *, optional: bool = False) -> str | None:
-    """A non-empty string up to :data:`MAX_NAME_LENGTH` characters, without NUL."""
+    """A non-empty string up to :data:`MAX_NAME_LENGTH` characters, without NUL or lone
+    surrogates (drivers refuse both: they would be a 500, not a 400)."""
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH or "\x00" in value:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_NAME_LENGTH
+        or "\x00" in value
+        or not _encodable(value)
+    ):
         raise InvalidEventError(
             f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH} characters."
         )
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_version(value: object, what: str) -> int:
