@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -63,6 +64,15 @@ class Tag(Base):
     __tablename__ = "bo_tags"
     id: Mapped[int] = mapped_column(primary_key=True)
     label: Mapped[str] = mapped_column(Upper)
+
+
+class Token(Base):
+    """A Python callable default: evaluated per row, whatever the INSERT form."""
+
+    __tablename__ = "bo_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(16), unique=True)
+    token: Mapped[str] = mapped_column(String(32), default=lambda: uuid.uuid4().hex)
 
 
 class Edge(Base):
@@ -295,6 +305,24 @@ def test_enum_and_range_checks_follow_the_column_types(
     assert codes(edges) == {0: "invalid_value"}
 
 
+def test_ints_and_floats_mix_in_a_float_column(
+    factory: sessionmaker[Session], genes: list[int]
+) -> None:
+    proc = BatchProcessor(factory, Edge)
+    items = [{"src": 1, "tgt": 2, "weight": 1}, {"src": 2, "tgt": 3, "weight": -0.5}]
+    assert proc.create_many(items, atomic=False).created == [0, 1]
+    with factory() as s:
+        assert sorted(s.scalars(sa.select(Edge.weight))) == [-0.5, 1.0]
+
+
+def test_callable_defaults_are_evaluated_per_row(factory: sessionmaker[Session]) -> None:
+    proc = BatchProcessor(factory, Token)
+    assert proc.create_many([{"name": f"n{i}"} for i in range(5)], atomic=False).ok
+    assert proc.upsert_many([{"name": "n0"}, {"name": "m"}], conflict=["name"]).ok
+    with factory() as s:
+        assert len(set(s.scalars(sa.select(Token.token)))) == 6
+
+
 def test_values_a_custom_type_refuses_are_isolated_not_a_500(
     factory: sessionmaker[Session],
 ) -> None:
@@ -349,6 +377,10 @@ def test_per_item_mode_is_set_based_not_a_savepoint_per_row(
     savepoints = [s for s in statements if s.upper().startswith("SAVEPOINT")]
     assert len(savepoints) == 4  # one per chunk
     assert len(statements) < 40
+    inserts = [s for s in statements if s.upper().startswith("INSERT")]
+    if engine.dialect.name == "postgresql":  # one INSERT … SELECT FROM unnest() per chunk
+        assert len(inserts) == 4
+        assert all("unnest(" in s for s in inserts)
 
 
 def test_the_fallback_bisects_only_the_failing_chunk(
