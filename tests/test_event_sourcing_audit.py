@@ -382,3 +382,75 @@ async def test_async_helpers(astore: AsyncEventStore) -> None:
         "outcome": "success",
         "data": {"k": 1},
     }
+
+
+def test_batch_processor_writes_are_audited_per_item_in_their_transaction(
+    store: EventStore,
+) -> None:
+    # The service-layer hook for batch writes: batch_operations' before_commit appends one
+    # audit event per written item inside the batch's own transaction.
+    from sqlalchemy.orm import sessionmaker
+
+    from gennet_toolkit.batch_operations import BatchProcessor, BatchResult
+
+    genes = sa.Table(
+        "audited_genes",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("symbol", sa.String(20), unique=True, nullable=False),
+    )
+    genes.create(store.engine)
+    submitted: list[Any] = []
+
+    def audit(session: Any, result: BatchResult) -> None:
+        written = sorted(result.created + result.updated + result.deleted)
+        with AuditBatch(
+            store, actor="bob", action=f"gene.{result.operation}", connection=session.connection()
+        ) as batch:
+            for i in written:
+                item = submitted[i]
+                batch.add(str(result.keys[i]), item if isinstance(item, dict) else None)
+
+    processor = BatchProcessor(sessionmaker(store.engine), genes, before_commit=audit)
+
+    def run(method: str, items: list[Any], **options: Any) -> BatchResult:
+        submitted[:] = items
+        result: BatchResult = getattr(processor, method)(items, **options)
+        return result
+
+    first = run("create_many", [{"id": 1, "symbol": "lacZ"}, {"id": 2, "symbol": "lacY"}])
+    assert first.ok
+    partial = run(
+        "create_many",
+        [{"id": 3, "symbol": "lacA"}, {"id": 4, "symbol": "lacZ"}, {"id": 5, "symbol": "crp"}],
+        atomic=False,
+    )
+    assert [e.index for e in partial.failed] == [1]
+    rejected = run("create_many", [{"id": 6, "symbol": "araC"}, {"id": 1, "symbol": "x"}])
+    assert rejected.rejected
+    assert run("delete_many", [2, 99], atomic=False).deleted == [0]
+
+    events = store.read_stream("audit")
+    assert [(e.type, e.actor, e.data["target"]) for e in events] == [
+        ("gene.create", "bob", "1"),
+        ("gene.create", "bob", "2"),
+        ("gene.create", "bob", "3"),
+        ("gene.create", "bob", "5"),
+        ("gene.delete", "bob", "2"),
+    ]
+    assert events[0].data["data"] == {"id": 1, "symbol": "lacZ"}
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(genes.c.id).order_by(genes.c.id)).scalars().all()
+    assert rows == [1, 3, 5]  # the rejected batch wrote nothing and recorded nothing
+
+    # An audit append that fails takes the batch's writes down with it.
+    def failing_audit(session: Any, result: BatchResult) -> None:
+        record(store, actor="", action="gene.create", connection=session.connection())
+
+    failing = BatchProcessor(sessionmaker(store.engine), genes, before_commit=failing_audit)
+    with pytest.raises(ValueError):
+        failing.create_many([{"id": 7, "symbol": "galK"}])
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(genes)).scalar() == 3
+    assert len(store.read_stream("audit")) == 5
+    assert store.verify().ok
