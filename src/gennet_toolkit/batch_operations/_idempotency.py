@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gennet_toolkit.batch_operations._plan import Execute, Op, Plan, dialect_insert
+from gennet_toolkit.batch_operations._ops import Execute, Op, Plan, dialect_insert
 from gennet_toolkit.batch_operations._result import BatchResult
 from gennet_toolkit.exceptions import BadRequest, Conflict
 

@@ -1,9 +1,8 @@
 """The batch algorithms, written once as generators that yield database operations.
 
-A plan never touches a session: it yields :class:`Execute`, :class:`Savepoint`,
-:class:`Release` and :class:`RollbackTo` requests and receives their results (or has
-the database error thrown back in). The sync and async drivers in ``_processor`` run
-the same plans, so there is one tree of logic for both.
+A plan never touches a session: it yields the operations of ``_ops`` and receives
+their results (or has the database error thrown back in). The sync and async drivers
+in ``_processor`` run the same plans, so there is one tree of logic for both.
 
 Per-item mode does set-based work: items are checked in Python, foreign keys with
 one ``SELECT … IN`` per chunk and referred table, and each chunk is written by one
@@ -16,120 +15,29 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import types as sat
 
+from gennet_toolkit.batch_operations._ops import (
+    Authorize,
+    Execute,
+    Op,
+    Plan,
+    Release,
+    RollbackTo,
+    Savepoint,
+    classify,
+    dialect_insert,
+    item_level,
+)
 from gennet_toolkit.batch_operations._result import BatchResult, ItemError
 from gennet_toolkit.batch_operations._schema import Row, TableInfo
-from gennet_toolkit.exceptions import ConfigurationError
 
-__all__ = [
-    "Execute",
-    "Plan",
-    "Release",
-    "RollbackTo",
-    "Savepoint",
-    "classify",
-    "create_plan",
-    "delete_plan",
-    "upsert_plan",
-]
+__all__ = ["create_plan", "delete_plan", "upsert_plan"]
 
-
-@dataclass(slots=True)
-class Execute:
-    """Run ``stmt`` (with ``params`` as executemany rows); send back rows when ``fetch``."""
-
-    stmt: Any
-    params: list[Mapping[str, Any]] | Mapping[str, Any] | None = None
-    fetch: bool = False
-
-
-@dataclass(slots=True)
-class Savepoint:
-    """Open a savepoint; the driver sends back its handle."""
-
-
-@dataclass(slots=True)
-class Release:
-    """Release (commit) the savepoint ``handle``."""
-
-    handle: Any
-
-
-@dataclass(slots=True)
-class RollbackTo:
-    """Roll back to the savepoint ``handle``."""
-
-    handle: Any
-
-
-Op = Execute | Savepoint | Release | RollbackTo
-Plan = Generator[Op, Any, BatchResult]
 _Sub = Generator[Op, Any, None]
-Authorize = Callable[[Mapping[str, Any]], bool]
-
-_PG_CODES = {
-    "23505": "duplicate",
-    "23503": "foreign_key",
-    "23502": "not_null",
-    "23514": "check_violation",
-    "23P01": "conflict",
-}
-_SQLITE_CODES = {
-    "SQLITE_CONSTRAINT_UNIQUE": "duplicate",
-    "SQLITE_CONSTRAINT_PRIMARYKEY": "duplicate",
-    "SQLITE_CONSTRAINT_FOREIGNKEY": "foreign_key",
-    "SQLITE_CONSTRAINT_NOTNULL": "not_null",
-    "SQLITE_CONSTRAINT_CHECK": "check_violation",
-}
-
-
-def item_level(exc: BaseException) -> bool:
-    """True for errors one bad row can cause (constraints, refused values).
-
-    Connection loss, timeouts and SQL bugs are not: they propagate.
-    """
-    if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
-        return True
-    # A bind processor or the driver refusing a value before any SQL is sent
-    # (SQLAlchemy wraps some of these in StatementError, drivers raise others bare).
-    if isinstance(exc, TypeError | ValueError | OverflowError):
-        return True
-    return isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError)
-
-
-def classify(exc: BaseException) -> str:
-    """Map a database error to an item error code, reading only codes, never text."""
-    orig = getattr(exc, "orig", None)
-    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(state, str):
-        if state in _PG_CODES:
-            return _PG_CODES[state]
-        return "conflict" if state.startswith("23") else "invalid_value"
-    name = getattr(orig, "sqlite_errorname", None)
-    if isinstance(name, str) and name in _SQLITE_CODES:
-        return _SQLITE_CODES[name]
-    return "conflict" if isinstance(exc, sa_exc.IntegrityError) else "invalid_value"
-
-
-def dialect_insert(table: sa.Table, dialect: str) -> Any:
-    """``INSERT`` with ``ON CONFLICT`` support for the dialect (SQLite or PostgreSQL)."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table)
-    raise ConfigurationError(
-        f"batch_operations supports SQLite and PostgreSQL, not the {dialect!r} dialect"
-    )
 
 
 def _chunks(rows: Sequence[Row], size: int) -> Generator[Sequence[Row], None, None]:
@@ -346,24 +254,29 @@ class _Batch:
 
 
 def _create_writer(b: _Batch, present: frozenset[str], *, careful: bool, return_keys: bool) -> Any:
-    """The chunk writer for ``create_many`` for items carrying the keys ``present``."""
+    """The chunk writer for ``create_many`` for items carrying the keys ``present``.
+
+    Per-item (``careful``) with a usable unique key: ``ON CONFLICT DO NOTHING
+    RETURNING``, matching returned keys to items. Atomic: a plain INSERT, through
+    ``unnest()`` on PostgreSQL when the column types allow it.
+    """
     info, table, result = b.info, b.info.table, b.result  # a fresh writer per attempt
     pk_cols = [info.column(k) for k in info.pk]
     pk_given = all(k in present for k in info.pk)
-    corr = info.correlation_key(present) if careful else None
+    corr = info.correlation_key(present)
+    source = _Source(info, present, b.dialect)
+    want_keys = return_keys and not pk_given
 
-    if corr is not None:
-        # ON CONFLICT DO NOTHING RETURNING: rows that come back were written, the rest
-        # collided with an existing (or concurrently inserted) row.
+    if corr is not None and (careful or (source.unnest and want_keys)):
+        # Rows that come back were written; with DO NOTHING, the others collided with
+        # an existing (or concurrently inserted) row.
         returned_cols = list(dict.fromkeys([*pk_cols, *(info.column(k) for k in corr)]))
         pos = [returned_cols.index(info.column(k)) for k in corr]
         pk_pos = [returned_cols.index(c) for c in pk_cols]
-        source = _Source(info, present, b.dialect)
-        stmt = (
-            source.insert(dialect_insert(table, b.dialect))
-            .on_conflict_do_nothing()
-            .returning(*returned_cols)
-        )
+        stmt = source.insert(dialect_insert(table, b.dialect))
+        if careful:
+            stmt = stmt.on_conflict_do_nothing()
+        stmt = stmt.returning(*returned_cols)
         getter = operator.itemgetter(*pos)
         pk_row_getter = operator.itemgetter(*pk_pos)
 
@@ -380,21 +293,32 @@ def _create_writer(b: _Batch, present: frozenset[str], *, careful: bool, return_
 
         return write_corr
 
-    fetch = return_keys and not pk_given
-    stmt = sa.insert(table)
-    if fetch:
-        stmt = stmt.returning(*pk_cols, sort_by_parameter_order=True)
     pk_getter: Callable[[Mapping[str, Any]], Any] | None = (
         operator.itemgetter(*info.pk) if pk_given else None
     )
+    if source.unnest and not want_keys:
+        bulk = source.insert(sa.insert(table))
+
+        def write_unnest(rows: Sequence[Row]) -> _Sub:
+            yield Execute(bulk, source.params(rows))
+            for i, item in rows:
+                result.created.append(i)
+                if pk_getter is not None:
+                    result.keys[i] = pk_getter(item)
+
+        return write_unnest
+
+    stmt = sa.insert(table)
+    if want_keys:
+        stmt = stmt.returning(*pk_cols, sort_by_parameter_order=True)
 
     def write_plain(rows: Sequence[Row]) -> _Sub:
-        got = yield Execute(stmt, [info.to_params(item) for _, item in rows], fetch=fetch)
+        got = yield Execute(stmt, [info.to_params(item) for _, item in rows], fetch=want_keys)
         for n, (i, item) in enumerate(rows):
             result.created.append(i)
             if pk_getter is not None:
                 result.keys[i] = pk_getter(item)
-            elif fetch:
+            elif want_keys:
                 row = got[n]
                 result.keys[i] = row[0] if len(pk_cols) == 1 else tuple(row)
 

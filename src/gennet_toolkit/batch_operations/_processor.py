@@ -14,17 +14,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from gennet_toolkit.batch_operations import _idempotency as idem
-from gennet_toolkit.batch_operations._plan import (
+from gennet_toolkit.batch_operations._ops import (
     Authorize,
     Execute,
     Op,
     Release,
     RollbackTo,
     Savepoint,
-    create_plan,
-    delete_plan,
-    upsert_plan,
 )
+from gennet_toolkit.batch_operations._plan import create_plan, delete_plan, upsert_plan
 from gennet_toolkit.batch_operations._result import BatchResult
 from gennet_toolkit.batch_operations._schema import TableInfo
 from gennet_toolkit.exceptions import (
