@@ -12,6 +12,8 @@ Suites, per database:
   compared on 1,000-row batches: ours per-item vs the loop, both at 1% conflicts.
 
 Every batch carries fresh keys (the tables grow across rounds, equally for all cases).
+On PostgreSQL ours sends each chunk as ``INSERT … SELECT FROM unnest(arrays)``; the raw
+baseline is SQLAlchemy's executemany (psycopg 3 pipelined).
 SQLite is a file in a temporary directory; PostgreSQL is ``DATABASE_URL`` (default
 ``postgresql://127.0.0.1:5432/test``), with tables of our own, dropped at the end.
 """
