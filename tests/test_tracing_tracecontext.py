@@ -20,6 +20,7 @@ from gennet_toolkit.tracing import (
 from gennet_toolkit.tracing._tracecontext import (
     is_valid_tracestate_key,
     is_valid_tracestate_value,
+    traceparent_ids,
 )
 
 TID = "12345678901234567890123456789012"
@@ -95,6 +96,24 @@ def test_traceparent_vector(lines: list[str], expected: tuple[str, str, int] | N
             parent_id,
             flags,
         )
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        pytest.param(lines[0], expected, id=name)
+        for name, lines, expected in TRACEPARENT_VECTORS
+        if len(lines) == 1
+    ],
+)
+def test_middleware_fast_path_takes_the_same_decisions_as_the_parser(
+    line: str, expected: tuple[str, str, int] | None
+) -> None:
+    ids = traceparent_ids(line)
+    parsed = parse_traceparent(line)
+    assert ids == (None if parsed is None else (parsed.version, parsed.trace_id,
+                                                 parsed.parent_id, parsed.flags))  # fmt: skip
+    assert (ids is None) == (expected is None)
 
 
 def test_traceparent_accepts_a_single_string() -> None:

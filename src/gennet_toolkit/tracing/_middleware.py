@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["TracingMiddleware", "route_template"]
 
 INSTRUMENTATION_NAME = "gennet_toolkit.tracing"
+_CACHE_SIZE = 256
 
 # Semantic conventions for HTTP spans (stable since 1.23); unknown methods are "_OTHER".
 _KNOWN_METHODS = frozenset(
@@ -102,7 +103,10 @@ class TracingMiddleware:
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         self.app = app
-        self._excluded = _Exclusions(exclude_paths)
+        exclusions = _Exclusions(exclude_paths)
+        self._excluded = exclusions if exclusions.exact or exclusions.prefixes else None
+        self._hosts: dict[str, tuple[str, int | None]] = {}
+        self._names: dict[tuple[str, str], str] = {}
         # Named after the mount when a request ended there, as the span name must stay
         # low-cardinality and "GET /files/{path}" says more than "GET".
         self._routes = RouteResolver(app, mount_misses=True, formatted=True)
@@ -135,7 +139,7 @@ class TracingMiddleware:
     ) -> dict[str, Any]:
         attrs: dict[str, Any] = {
             "http.request.method": method,
-            "url.path": scope.get("path", ""),
+            "url.path": scope["path"],
             "url.scheme": scope.get("scheme", "http"),
         }
         if method == "_OTHER":
@@ -144,14 +148,18 @@ class TracingMiddleware:
         if version:
             attrs["network.protocol.version"] = version
         if host:
-            address, port = _split_host(host)
-            attrs["server.address"] = address
-            if port is not None:
-                attrs["server.port"] = port
-        elif scope.get("server"):
-            attrs["server.address"] = scope["server"][0]
-            if scope["server"][1] is not None:
-                attrs["server.port"] = scope["server"][1]
+            split = self._hosts.get(host)
+            if split is None:
+                split = _split_host(host)
+                if len(self._hosts) < _CACHE_SIZE:  # Host is client input: bounded cache
+                    self._hosts[host] = split
+            attrs["server.address"] = split[0]
+            if split[1] is not None:
+                attrs["server.port"] = split[1]
+        elif server := scope.get("server"):
+            attrs["server.address"] = server[0]
+            if server[1] is not None:
+                attrs["server.port"] = server[1]
         client = scope.get("client")
         if client:
             attrs["client.address"] = client[0]
@@ -162,7 +170,9 @@ class TracingMiddleware:
         return attrs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._excluded(scope["path"]):
+        if scope["type"] != "http" or (
+            self._excluded is not None and self._excluded(scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
 
@@ -181,7 +191,9 @@ class TracingMiddleware:
             elif name == b"user-agent":
                 agent = raw_value.decode("latin-1")
 
-        parent = context_from_headers(traceparent, tracestate) or self._empty
+        parent = (
+            context_from_headers(traceparent, tracestate) if traceparent else None
+        ) or self._empty
         raw_method = scope.get("method", "GET")
         method = raw_method if raw_method in _KNOWN_METHODS else "_OTHER"
         path = scope["path"]
@@ -209,36 +221,28 @@ class TracingMiddleware:
             span.set_status(self._status_cls(self._error_code, type(exc).__qualname__))
             raise
         finally:
-            self._finish(
-                span,
-                scope,
-                method=method,
-                path=path,
-                root_path=root_path,
-                status_code=status_code,
-            )
+            # One set_attributes call: each SDK call takes the span's lock.
+            attrs: dict[str, Any] = {}
+            template = self._routes.resolve(scope, path, root_path)
+            if template is not None:
+                attrs["http.route"] = template
+                span.update_name(self._span_name(method, template))
+            if status_code is not None:
+                attrs["http.response.status_code"] = status_code
+                if status_code >= 500:
+                    attrs["error.type"] = str(status_code)
+                    span.set_status(self._error)
+            if attrs:
+                span.set_attributes(attrs)
             span.end()
             self._detach(token)
 
-    def _finish(
-        self,
-        span: Any,
-        scope: Scope,
-        *,
-        method: str,
-        path: str,
-        root_path: str,
-        status_code: int | None,
-    ) -> None:
-        attrs: dict[str, Any] = {}
-        template = self._routes.resolve(scope, path, root_path)
-        if template is not None:
-            attrs["http.route"] = template
-            span.update_name(f"{method if method != '_OTHER' else 'HTTP'} {template}")
-        if status_code is not None:
-            attrs["http.response.status_code"] = status_code
-            if status_code >= 500:
-                attrs["error.type"] = str(status_code)
-                span.set_status(self._error)
-        if attrs:
-            span.set_attributes(attrs)
+    def _span_name(self, method: str, template: str) -> str:
+        key = (method, template)
+        name = self._names.get(key)
+        if name is None:
+            name = f"{method if method != '_OTHER' else 'HTTP'} {template}"
+            # Templates come from the app's routes, but stay bounded all the same.
+            if len(self._names) < _CACHE_SIZE:
+                self._names[key] = name
+        return name

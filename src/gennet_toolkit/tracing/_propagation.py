@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 from gennet_toolkit._context import correlation_id_var
 from gennet_toolkit._optional import require
 from gennet_toolkit.tracing._tracecontext import (
+    KNOWN_FLAGS,
     TRACESTATE_PROPAGATION_LIMIT,
     format_traceparent,
     format_tracestate,
-    parse_traceparent,
     parse_tracestate,
+    traceparent_ids,
 )
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class _Otel:
     TraceFlags: Any
     TraceState: Any
     set_span_in_context: Any
+    # TraceFlags by the known flag bits: an int subclass each request need not rebuild.
+    flags: dict[int, Any]
 
 
 @functools.cache
@@ -59,24 +62,26 @@ def otel() -> _Otel:
         set_span_in_context,
     )
 
+    flags = {bits: TraceFlags(bits) for bits in range(KNOWN_FLAGS + 1)}
     return _Otel(Context, NonRecordingSpan, SpanContext, TraceFlags, TraceState,
-                 set_span_in_context)  # fmt: skip
+                 set_span_in_context, flags)  # fmt: skip
 
 
 def context_from_headers(traceparent: list[str], tracestate: list[str]) -> Context | None:
     """The remote parent context for these header lines, or ``None`` to start a new trace."""
-    parsed = parse_traceparent(traceparent) if traceparent else None
+    # Two or more lines are invalid even when identical; the spec forbids reading
+    # tracestate when traceparent failed: the trace restarts.
+    parsed = traceparent_ids(traceparent[0]) if len(traceparent) == 1 else None
     if parsed is None:
-        # The spec forbids reading tracestate when traceparent failed: the trace restarts.
         return None
     o = otel()
     members = parse_tracestate(tracestate) if tracestate else None
     span_context = o.SpanContext(
-        trace_id=parsed.trace_id,
-        span_id=parsed.parent_id,
-        is_remote=True,
-        trace_flags=o.TraceFlags(parsed.flags),
-        trace_state=o.TraceState(members) if members else None,
+        parsed[1],
+        parsed[2],
+        True,
+        o.flags[parsed[3]],
+        o.TraceState(members) if members else None,
     )
     context: Context = o.set_span_in_context(o.NonRecordingSpan(span_context), o.Context())
     return context

@@ -46,6 +46,7 @@ __all__ = [
     "is_valid_tracestate_value",
     "parse_traceparent",
     "parse_tracestate",
+    "traceparent_ids",
 ]
 
 FLAG_SAMPLED = 0x01
@@ -66,6 +67,7 @@ _MAX_TRACESTATE_INPUT = 32 * 520
 _OWS = " \t"
 _V00_LENGTH = 55
 _PREFIX = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_IDS = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_TRACE_ID = "0" * 32
 _ZERO_PARENT_ID = "0" * 16
 
@@ -112,6 +114,25 @@ def parse_traceparent(values: str | Sequence[str]) -> TraceParent | None:
         value = values[0]
     else:
         return None
+    parts = traceparent_ids(value)
+    return None if parts is None else TraceParent(*parts)
+
+
+def traceparent_ids(value: str) -> tuple[int, int, int, int] | None:
+    """``(version, trace_id, parent_id, flags)`` of one ``traceparent`` line, or ``None``.
+
+    The same rules as :func:`parse_traceparent` without building a :class:`TraceParent`:
+    the middleware calls this once per request.
+    """
+    if len(value) == _V00_LENGTH and value[:3] == "00-":
+        # The common case, no OWS: one regex over the ids, then straight to integers.
+        if _IDS.fullmatch(value) is None:
+            return None
+        trace_id = int(value[3:35], 16)
+        parent_id = int(value[36:52], 16)
+        if not trace_id or not parent_id:
+            return None
+        return 0, trace_id, parent_id, int(value[53:], 16) & KNOWN_FLAGS
     value = value.strip(_OWS)
     size = len(value)
     if size < _V00_LENGTH or size > _MAX_TRACEPARENT_LENGTH:
@@ -119,7 +140,7 @@ def parse_traceparent(values: str | Sequence[str]) -> TraceParent | None:
     match = _PREFIX.fullmatch(value, 0, _V00_LENGTH)
     if match is None:
         return None
-    version, trace_id, parent_id, flags = match.groups()
+    version, trace_id_hex, parent_id_hex, flags = match.groups()
     if version == "ff":
         return None
     if version == "00":
@@ -127,10 +148,10 @@ def parse_traceparent(values: str | Sequence[str]) -> TraceParent | None:
             return None
     elif size > _V00_LENGTH and value[_V00_LENGTH] != "-":
         return None
-    if trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_PARENT_ID:
+    if trace_id_hex == _ZERO_TRACE_ID or parent_id_hex == _ZERO_PARENT_ID:
         return None
-    return TraceParent(int(version, 16), int(trace_id, 16), int(parent_id, 16),
-                       int(flags, 16) & KNOWN_FLAGS)  # fmt: skip
+    return (int(version, 16), int(trace_id_hex, 16), int(parent_id_hex, 16),
+            int(flags, 16) & KNOWN_FLAGS)  # fmt: skip
 
 
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
