@@ -62,11 +62,15 @@ MAX_LIMIT = 10_000
 
 @dataclass(slots=True)
 class Exec:
-    """Execute ``stmt``; the result is the list of rows (``fetch``) or ``None``."""
+    """Execute ``stmt``; the result is the list of rows (``fetch``) or ``None``.
+
+    ``key`` names the append statements a driver may run as its own SQL (``_fast``).
+    """
 
     stmt: Any
     params: Any = None
     fetch: bool = True
+    key: str | None = None
 
 
 @dataclass(slots=True)
@@ -297,19 +301,21 @@ class Core:
         if not requests:
             return
         if lock and not self.sqlite:
-            yield Exec(self._lock, fetch=False)
+            yield Exec(self._lock, fetch=False, key="lock")
         streams = {r.stream_id for r in requests}
         if len(streams) == 1:
-            rows = yield Exec(self._head_and_version, {"s": requests[0].stream_id})
+            rows = yield Exec(
+                self._head_and_version, {"s": requests[0].stream_id}, key="head_version"
+            )
             if rows:
                 head, previous = int(rows[0][0]), str(rows[0][1])
                 versions = {requests[0].stream_id: int(rows[0][2] or 0)}
             else:
                 head, previous, versions = 0, GENESIS, {}
         else:
-            rows = yield Exec(self._head)
+            rows = yield Exec(self._head, key="head")
             head, previous = (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS)
-            rows = yield Exec(self._versions, {"streams": sorted(streams)})
+            rows = yield Exec(self._versions, {"streams": sorted(streams)}, key="versions")
             versions = {str(r[0]): int(r[1]) for r in rows}
         params: list[dict[str, Any]] = []
         for request in requests:
@@ -374,7 +380,9 @@ class Core:
             versions[stream_id] = current + len(records)
             request.staged = records
         if params:
-            yield Exec(self._insert, params[0] if len(params) == 1 else params, fetch=False)
+            yield Exec(
+                self._insert, params[0] if len(params) == 1 else params, fetch=False, key="insert"
+            )
 
     def _select(self) -> sa.Select[Any]:
         return sa.select(*self._columns)

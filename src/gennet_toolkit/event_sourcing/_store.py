@@ -20,8 +20,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gennet_toolkit.event_sourcing._chain import ChainAnchor, VerifyReport
-from gennet_toolkit.event_sourcing._core import Call, Core, Exec, Plan, RunSync
+from gennet_toolkit.event_sourcing._core import AppendRequest, Call, Core, Exec, Plan, RunSync
 from gennet_toolkit.event_sourcing._events import RecordedEvent, Snapshot
+from gennet_toolkit.event_sourcing._fast import DriverAppend
 from gennet_toolkit.event_sourcing._group import AsyncGroup, SyncGroup, fail_batch
 from gennet_toolkit.event_sourcing._registry import EventRegistry
 from gennet_toolkit.exceptions import ConcurrencyError, ConfigurationError, ServiceUnavailable
@@ -115,6 +116,7 @@ class EventStore(_Base[sa.Engine]):
     ) -> None:
         super().__init__(engine, key=key, registry=registry, table_prefix=table_prefix)
         self._group = SyncGroup()
+        self._driver = DriverAppend(self._core, engine)
 
     @classmethod
     def from_env(
@@ -222,7 +224,7 @@ class EventStore(_Base[sa.Engine]):
             group.busy = True
             batch, group.pending = group.pending, []
         try:
-            self._run(self._core.append(batch), write=True)
+            self._commit(batch)
         except BaseException as exc:
             fail_batch(batch, request, exc)
         finally:
@@ -232,6 +234,11 @@ class EventStore(_Base[sa.Engine]):
                 group.busy = False
                 group.cond.notify_all()
         return request.outcome()
+
+    def _commit(self, batch: list[AppendRequest]) -> None:
+        # The driver path when the engine allows it (same plan, less overhead).
+        if not (self._driver.usable() and self._driver.run(self._core.append(batch))):
+            self._run(self._core.append(batch), write=True)
 
     def read_stream(
         self,
