@@ -222,15 +222,19 @@ class PrometheusMiddleware:
             status = status or 500
             raise
         finally:
+            # The clock is read only when no body was handed over (one call fewer).
+            duration = (handed_over or timer()) - begin
             gauge.dec()
-            end = timer()
             route = self._resolver.resolve(scope, path, root_path) or self._unmatched
             status = status or 500  # an app that never answered gets the server's 500
             key = (method, route, self._status.get(status) or str(status))
             series = self._series.get(key) or self._new_series(key)
-            exemplar = _trace_exemplar() if self._exemplars else None
-            series.requests.inc(1, exemplar)
-            series.duration.observe((handed_over or end) - begin, exemplar)
+            if self._exemplars and (exemplar := _trace_exemplar()) is not None:
+                series.requests.inc(1, exemplar)
+                series.duration.observe(duration, exemplar)
+            else:
+                series.requests.inc(1)
+                series.duration.observe(duration)
             if started:
                 series.ttfb.observe(started - begin)
             series.request_size.observe(received)
