@@ -3,6 +3,7 @@ usage, concurrency and failure."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -22,12 +23,14 @@ from gennet_toolkit.exceptions import (
 )
 from gennet_toolkit.workflow_templates import (
     InvalidCursor,
+    InvalidTemplate,
     SqlTemplateStore,
     Step,
     Template,
     TemplateRegistry,
     WorkflowRun,
 )
+from gennet_toolkit.workflow_templates._sql import DiscoverQuery
 from tests.services import Database, closed_port_url
 
 SECRET = "hunter2-do-not-echo"
@@ -204,6 +207,44 @@ def test_unknown_template_or_version_is_404(registry: TemplateRegistry) -> None:
         with pytest.raises(NotFound) as info:
             call()
         assert info.value.status_code == 404
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "\ud800", "lone \udfff surrogate"])
+def test_text_no_database_can_take_is_a_4xx_never_a_driver_error(
+    registry: TemplateRegistry, bad: str
+) -> None:
+    # NUL (PostgreSQL refuses it in text) and lone surrogates (a JSON body's "\\ud800";
+    # no driver encodes them) from a path, query or body: a 4xx before any SQL runs.
+    registry.create(template())
+    for call in (
+        lambda: registry.get(bad),
+        lambda: registry.get("variant-calling", bad),
+        lambda: registry.instantiate(bad, {"reads": "a.fq.gz"}),
+        lambda: registry.usage(bad),
+        lambda: registry.versions(bad),
+    ):
+        with pytest.raises(NotFound):
+            call()
+    for kwargs in ({"tag": bad}, {"text": bad}):
+        with pytest.raises(BadRequest) as info:
+            registry.discover(**kwargs)
+        assert info.value.status_code == 400
+    fingerprint = DiscoverQuery.fingerprint(None, None, False)
+    for position in ({"n": bad, "k": "x"}, {"n": "a", "k": bad}):
+        raw = json.dumps({"v": 1, "f": fingerprint, **position}).encode()
+        with pytest.raises(InvalidCursor):
+            registry.discover(cursor=base64.urlsafe_b64encode(raw).decode().rstrip("="))
+    with pytest.raises(InvalidTemplate):
+        registry.create(template("2.0.0", description=bad))
+    if "\x00" not in bad:
+        with pytest.raises(InvalidTemplate):
+            registry.create(template("2.0.0", steps=[Step("qc", uses=bad)], parameters=None))
+        with pytest.raises(ValidationFailed) as failed:
+            registry.instantiate("variant-calling", {"reads": "a.fq.gz", bad: 1})
+        with pytest.raises(ValidationFailed) as failed:
+            registry.instantiate("variant-calling", {"reads": bad})
+        assert failed.value.status_code == 422
+    assert registry.versions("variant-calling") == ["1.0.0"]
 
 
 # --------------------------------------------------------------------------- instantiation

@@ -17,7 +17,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gennet_toolkit.error_handler import install_error_handlers
-from gennet_toolkit.exceptions import Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from gennet_toolkit.exceptions import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from gennet_toolkit.workflow_templates import (
     AsyncSqlTemplateStore,
     AsyncTemplateRegistry,
@@ -105,6 +111,25 @@ async def test_async_errors_match_the_sync_registry(registry: AsyncTemplateRegis
     with pytest.raises(ValidationFailed) as info:
         await registry.instantiate("grn-knockout-sim", {"network": SECRET + "!", "noise": 7})
     assert SECRET not in json.dumps(info.value.to_problem())
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "\ud800"])
+async def test_text_no_database_can_take_is_a_4xx_never_a_driver_error(
+    registry: AsyncTemplateRegistry, bad: str
+) -> None:
+    # NUL and lone surrogates would fail inside asyncpg/aiosqlite (a 500): 404s and 400s.
+    await registry.create(template())
+    for call in (
+        lambda: registry.get(bad),
+        lambda: registry.instantiate(bad, {"network": "yeast"}),
+        lambda: registry.usage(bad),
+        lambda: registry.versions(bad),
+    ):
+        with pytest.raises(NotFound):
+            await call()
+    for kwargs in ({"tag": bad}, {"text": bad}):
+        with pytest.raises(BadRequest):
+            await registry.discover(**kwargs)
 
 
 async def test_concurrent_async_publishes_have_exactly_one_winner(

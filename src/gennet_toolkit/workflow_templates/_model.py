@@ -16,6 +16,7 @@ from gennet_toolkit.workflow_templates._schema import (
     canonical_json,
     check_json_value,
     check_schema,
+    storable,
 )
 from gennet_toolkit.workflow_templates._semver import SemVer
 
@@ -41,6 +42,11 @@ class InvalidTemplate(ConfigurationError):
     status_code = 422
     code = "invalid_template"
     default_detail = "The workflow template is invalid."
+
+
+def is_template_name(value: object) -> bool:
+    """Whether ``value`` could name a template (anything else cannot exist: a 404)."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
 def _invalid(message: str, pointer: str) -> InvalidTemplate:
@@ -192,13 +198,20 @@ class Template:
                 "/tags",
             )
         object.__setattr__(self, "tags", tuple(sorted(set(tags))))
-        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        if (
+            not isinstance(description, str)
+            or len(description) > MAX_DESCRIPTION
+            or not storable(description)
+        ):
             raise _invalid(
                 f"the description must be text of at most {MAX_DESCRIPTION}", "/description"
             )
         self._check_steps(schema)
         object.__setattr__(self, "order", topological_order(steps))
-        digest = hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
+        try:
+            digest = hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
+        except UnicodeEncodeError:  # a lone surrogate in some text field
+            raise _invalid("the template contains text that is not valid Unicode", "") from None
         object.__setattr__(self, "digest", "sha256:" + digest)
 
     def _check_steps(self, schema: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from gennet_toolkit.workflow_templates._model import (
     RenderedStep,
     Template,
     WorkflowRun,
+    is_template_name,
     render,
 )
 from gennet_toolkit.workflow_templates._schema import (
@@ -79,6 +80,13 @@ class _Entry:
 def _not_found(name: str, version: str | None) -> NotFound:
     what = "template" if version is None else "template version"
     return NotFound(f"No such workflow {what}.", code="template_not_found")
+
+
+def _check_name(name: object) -> None:
+    # A name no template can have (NUL, a lone surrogate, not a string) is simply unknown,
+    # and never reaches the database driver, which would refuse it with a 500.
+    if not is_template_name(name):
+        raise _not_found("", None)
 
 
 def _normal_version(version: str | None) -> str | None:
@@ -274,6 +282,7 @@ class TemplateRegistry:
 
     def versions(self, name: str) -> list[str]:
         """All published versions of ``name`` in semver order (404 when there are none)."""
+        _check_name(name)
         found = self.store.versions(name)
         if not found:
             raise _not_found(name, None)
@@ -323,9 +332,11 @@ class TemplateRegistry:
 
     def usage(self, name: str) -> TemplateUsage:
         """Instantiation counts of ``name`` per version, counted in SQL (404 if unknown)."""
+        _check_name(name)
         return self._core.usage(name, self.store.usage(name))
 
     def _entry(self, name: str, version: str | None) -> _Entry:
+        _check_name(name)
         wanted = _normal_version(version)
         if wanted == "":
             raise _not_found(name, version)
@@ -399,6 +410,7 @@ class AsyncTemplateRegistry:
 
     async def versions(self, name: str) -> list[str]:
         """See :meth:`TemplateRegistry.versions`."""
+        _check_name(name)
         found = await self.store.versions(name)
         if not found:
             raise _not_found(name, None)
@@ -440,9 +452,11 @@ class AsyncTemplateRegistry:
 
     async def usage(self, name: str) -> TemplateUsage:
         """See :meth:`TemplateRegistry.usage`."""
+        _check_name(name)
         return self._core.usage(name, await self.store.usage(name))
 
     async def _entry(self, name: str, version: str | None) -> _Entry:
+        _check_name(name)
         wanted = _normal_version(version)
         if wanted == "":
             raise _not_found(name, version)

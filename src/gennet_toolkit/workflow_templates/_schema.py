@@ -22,6 +22,7 @@ __all__ = [
     "canonical_json",
     "check_schema",
     "check_json_value",
+    "storable",
 ]
 
 #: The only JSON Schema dialect accepted (nf-core/nf-schema use it too).
@@ -69,6 +70,22 @@ def canonical_json(value: Any) -> str:
     )
 
 
+def storable(text: str) -> bool:
+    """Whether ``text`` can go to the database as it is: no NUL (PostgreSQL refuses it in
+    text columns) and no lone surrogate (no driver can encode it), so neither is a 500."""
+    if "\x00" in text:
+        return False
+    return text.isascii() or _encodable(text)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_json_value(value: Any, *, max_depth: int = MAX_DEPTH, what: str = "value") -> None:
     """Raise :class:`SchemaProblem` unless ``value`` is plain JSON within ``max_depth``.
 
@@ -85,6 +102,11 @@ def check_json_value(value: Any, *, max_depth: int = MAX_DEPTH, what: str = "val
                     raise SchemaProblem(
                         f"the {what} has a non-string object key", json_pointer(path)
                     )
+                if not (key.isascii() or _encodable(key)):
+                    raise SchemaProblem(
+                        f"the {what} has an object key that is not valid Unicode",
+                        json_pointer(path),
+                    )
                 if len(key) > MAX_KEY_LENGTH:
                     raise SchemaProblem(
                         f"the {what} has an object key longer than {MAX_KEY_LENGTH} characters",
@@ -93,6 +115,12 @@ def check_json_value(value: Any, *, max_depth: int = MAX_DEPTH, what: str = "val
                 stack.append((child, (*path, key)))
         elif isinstance(node, list):
             stack.extend((child, (*path, i)) for i, child in enumerate(node))
+        elif isinstance(node, str):
+            # A lone surrogate ("\ud800" in a JSON body) cannot be encoded or stored.
+            if not (node.isascii() or _encodable(node)):
+                raise SchemaProblem(
+                    f"the {what} contains text that is not valid Unicode", json_pointer(path)
+                )
         elif isinstance(node, float):
             if not math.isfinite(node):
                 raise SchemaProblem(f"the {what} contains NaN or infinity", json_pointer(path))

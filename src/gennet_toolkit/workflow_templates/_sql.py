@@ -22,7 +22,7 @@ from gennet_toolkit.exceptions import (
     FieldError,
     ServiceUnavailable,
 )
-from gennet_toolkit.workflow_templates._schema import canonical_json
+from gennet_toolkit.workflow_templates._schema import canonical_json, storable
 from gennet_toolkit.workflow_templates._semver import SemVer
 
 __all__ = [
@@ -103,11 +103,15 @@ class DiscoverQuery:
     def _build(
         cls, tag: object, text: object, limit: object, cursor: object, all_versions: bool
     ) -> DiscoverQuery:
-        if tag is not None and (not isinstance(tag, str) or not 0 < len(tag) <= 64):
-            raise _bad("tag", "A tag has 1-64 characters.")
+        if tag is not None and (
+            not isinstance(tag, str) or not 0 < len(tag) <= 64 or not storable(tag)
+        ):
+            raise _bad("tag", "A tag has 1-64 characters of valid text.")
         if text is not None:
-            if not isinstance(text, str) or len(text) > MAX_TEXT:
-                raise _bad("text", f"The search text has at most {MAX_TEXT} characters.")
+            if not isinstance(text, str) or len(text) > MAX_TEXT or not storable(text):
+                raise _bad(
+                    "text", f"The search text is valid text of at most {MAX_TEXT} characters."
+                )
             text = text.strip().lower() or None
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise _bad("limit", f"The limit is a whole number from 1 to {MAX_LIMIT}.")
@@ -148,6 +152,8 @@ def decode_cursor(cursor: object, fingerprint: str) -> tuple[str, str]:
         or data.get("v") != 1
         or not isinstance(data.get("n"), str)
         or not isinstance(data.get("k"), str)
+        or not storable(data["n"])
+        or not storable(data["k"])
     ):
         raise InvalidCursor()
     if data.get("f") != fingerprint:
