@@ -9,10 +9,14 @@ import hashlib
 import hmac
 import json
 import math
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -573,3 +577,45 @@ def test_encrypted_paginator_pages_every_row(session: Session) -> None:
         assert cursor is not None
         assert b"g0" not in base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     assert seen == list(range(1, 21))
+
+
+def run_docs_example(page: str, driver: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the first Python block of ``docs/<page>``, then ``driver``, in a fresh process."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("\n```", 1)[0]
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code + "\n" + textwrap.dedent(driver)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_docs_example_pages_by_link_and_refuses_a_tampered_cursor(tmp_path: Path) -> None:
+    driver = """
+        from starlette.testclient import TestClient
+        with Session(engine) as s:
+            s.add_all(Gene(symbol=f"g{i}", degree=(i % 3 or None)) for i in range(7))
+            s.commit()
+        with TestClient(app) as c:
+            first = c.get("/genes?page_size=3")
+            assert 'rel="next"' in first.headers["link"], first.headers
+            cursor = first.json()["page_info"]["endCursor"]
+            second = c.get("/genes", params={"page_size": 3, "cursor": cursor})
+            forged = cursor[:10] + ("B" if cursor[10] == "A" else "A") + cursor[11:]
+            bad = c.get("/genes", params={"cursor": forged})
+            other = c.get("/genes", params={"cursor": cursor, "prefix": "g"})
+        print([g["id"] for g in first.json()["items"] + second.json()["items"]])
+        print(bad.status_code, bad.headers["content-type"], bad.json()["reason"])
+        print(other.status_code, other.json()["reason"])
+    """
+    out = run_docs_example("pagination.md", driver, tmp_path)
+    assert out.returncode == 0, out.stderr
+    # degree DESC with NULLs last, then symbol: g2 g5 | g1 g4 | g0 g3 g6
+    assert out.stdout.splitlines() == [
+        "[3, 6, 2, 5, 1, 4]",
+        "400 application/problem+json signature",
+        "400 mismatch",
+    ]

@@ -5,8 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -952,3 +956,52 @@ async def test_boundary_values_run_on_the_async_drivers(database: Database, engi
                 assert isinstance((await session.scalars(result.select)).all(), list)
     finally:
         await aengine.dispose()
+
+
+def run_docs_example(page: str, driver: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the first Python block of ``docs/<page>``, then ``driver``, in a fresh process."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("\n```", 1)[0]
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code + "\n" + textwrap.dedent(driver)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_docs_example_filters_pages_and_binds_cursors_to_the_filter(tmp_path: Path) -> None:
+    # The documented search + pagination endpoint, end to end over HTTP.
+    driver = """
+        from starlette.testclient import TestClient
+        with Session(engine) as s:
+            s.add_all(
+                Gene(symbol=f"g{i:02}", description="lac repressor" if i % 2 else "kinase",
+                     weight=i / 100)
+                for i in range(70)
+            )
+            s.commit()
+        with TestClient(app) as c:
+            q = {"weight__gte": "0.1", "sort": "-weight"}
+            first = c.get("/genes", params=q)
+            second = c.get("/genes", params={**q, "cursor": first.json()["next"]})
+            moved = c.get("/genes", params={"weight__gte": "0.2", "sort": "-weight",
+                                            "cursor": first.json()["next"]})
+            text = c.get("/genes", params={"q": "repressor", "symbol__startswith": "g1"})
+            bad = c.get("/genes?sort=-password_hash&weight__gte=heavy")
+        ids = [g["id"] for g in first.json()["data"] + second.json()["data"]]
+        print(ids == list(range(70, 10, -1)), second.json()["next"])
+        print(moved.status_code, moved.json()["code"])
+        print(sorted(g["symbol"] for g in text.json()["data"]))
+        print(bad.status_code, [(e["parameter"], e["code"]) for e in bad.json()["errors"]])
+    """
+    out = run_docs_example("search.md", driver, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "True None",
+        "400 invalid_cursor",
+        "['g11', 'g13', 'g15', 'g17', 'g19']",
+        "400 [('weight__gte', 'invalid_value'), ('sort', 'not_sortable')]",
+    ]
