@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from gennet_toolkit._context import correlation_id_var
@@ -258,7 +258,9 @@ class CorrelationIdMiddleware:
             header_len = len(header)
             start_type = "http.response.start" if scope_type == "http" else "websocket.accept"
 
-            async def send_with_id(message: Message) -> None:
+            # A plain function returning send's awaitable, not a coroutine function:
+            # ``await send_with_id(m)`` behaves the same, minus a coroutine per message.
+            def send_with_id(message: Message) -> Awaitable[None]:
                 nonlocal started
                 if message["type"] == start_type:
                     started = True
@@ -269,7 +271,7 @@ class CorrelationIdMiddleware:
                     else:
                         # A new dict and list: the app may reuse its message or header list.
                         message = {**message, "headers": [*headers, id_header]}
-                await send(message)
+                return send(message)
 
             try:
                 await self.app(scope, receive, send_with_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from gennet_toolkit._env import env_list
@@ -207,11 +207,13 @@ class TracingMiddleware:
         token = self._attach(self._set_span(span, parent))
         status_code: int | None = None
 
-        async def send_wrapper(message: Message) -> None:
+        # A plain function returning send's awaitable: ``await send_wrapper(m)`` behaves
+        # the same, minus a coroutine per message.
+        def send_wrapper(message: Message) -> Awaitable[None]:
             nonlocal status_code
             if message["type"] == "http.response.start":
                 status_code = int(message["status"])
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
