@@ -6,16 +6,20 @@ Suites (per database):
   ``EventStore.append(stream, [event], expected_version)`` (optimistic check, HMAC
   chain link, global position under the append lock); also ``AsyncEventStore`` on
   PostgreSQL (asyncpg). Theirs: ``aggregate.increment(); app.save(aggregate)`` with
-  ``eventsourcing.sqlite`` / ``eventsourcing.postgres`` (table lock per insert).
+  ``eventsourcing.sqlite`` / ``eventsourcing.postgres`` (table lock per insert). A third
+  case, the floor, is one bare driver ``INSERT`` + ``COMMIT`` of the same payload with
+  the same durability: the disk flush every library pays per commit.
 - ``event-sourcing-rebuild-<db>``: rebuild the state of one 2,000-event stream. Ours:
   ``EventStore.rebuild`` decoding every event to a registered dataclass; theirs:
   ``app.repository.get(id)`` (no snapshots on either side, then both with one
   snapshot 50 events behind the head).
 
-SQLite: a file per library in a temp directory, both in WAL mode (eventsourcing
-switches to WAL itself; ours is told by a connect hook), default ``synchronous``.
+SQLite: a file per library in one temp directory (same file system), all in WAL mode
+(eventsourcing switches to WAL itself; ours is told by a connect hook) with the default
+``synchronous`` (FULL: each commit flushes the WAL), as eventsourcing leaves it.
 PostgreSQL: ``DATABASE_URL`` (default ``postgresql://127.0.0.1:5432/test``), each library
-in a schema of its own created and dropped by this script.
+in a schema of its own created and dropped by this script, the server's default
+``synchronous_commit`` for every connection.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import dataclasses
 import os
 import shutil
 import socket
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import sqlalchemy as sa
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
@@ -49,6 +55,10 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/test"
 KEY = b"bench-key-0123456789abcdef"
 STREAM_LEN = 200 if QUICK else 2000
 WRITERS = 8
+# The floor: one row (the same JSON payload) per transaction, one index, nothing else.
+FLOOR_TABLE = "CREATE TABLE floor (id {} PRIMARY KEY, data TEXT NOT NULL)"
+FLOOR_INSERT = "INSERT INTO floor (data) VALUES (%s)"
+FLOOR_ROW = ('{"by":1}',)
 
 
 class Counter(Aggregate):
@@ -164,6 +174,7 @@ def run_db(
     engine: sa.Engine,
     app_env: dict[str, str],
     make_async_engine: Callable[[], Any] | None = None,
+    floor: Callable[[], None] | None = None,
 ) -> None:
     """Both suites on one database."""
     store = EventStore(engine, key=KEY, registry=registry, table_prefix="bench_")
@@ -181,13 +192,18 @@ def run_db(
         suite.add("ours-async", async_appender(astore, f"aa-{uuid.uuid4().hex[:6]}"))
         suite.compare("ours-async", "eventsourcing")
     suite.add("eventsourcing", _theirs_append(app))
+    if floor is not None:
+        suite.add("floor: bare driver INSERT + COMMIT", floor)
     suite.compare("ours", "eventsourcing")
     suite.note(
         "SQLite in WAL mode for both"
         if name == "sqlite"
         else "PostgreSQL on loopback; psycopg 3 for both sync cases, asyncpg for ours-async"
     )
-    suite.note("each commit waits for the disk flush: both sides are bound by fsync here")
+    suite.note(
+        "each commit waits for the disk flush (same durability on both sides); the floor"
+        " case is one bare INSERT + COMMIT through the driver: no library is faster than it"
+    )
     suite.run()
 
     with ThreadPoolExecutor(WRITERS) as pool:
@@ -266,7 +282,17 @@ def bench_sqlite() -> None:
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
 
         env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": f"{tmp}/theirs.db"}
-        run_db("sqlite", engine, env)
+        raw = sqlite3.connect(f"{tmp}/floor.db", isolation_level=None)
+        raw.execute("PRAGMA journal_mode=WAL")  # and the default synchronous, like both
+        raw.execute(FLOOR_TABLE.format("INTEGER"))
+
+        def floor() -> None:
+            raw.execute("BEGIN")
+            raw.execute(FLOOR_INSERT.replace("%s", "?"), FLOOR_ROW)
+            raw.execute("COMMIT")
+
+        run_db("sqlite", engine, env, floor=floor)
+        raw.close()
         engine.dispose()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -306,7 +332,19 @@ def bench_postgres() -> None:
             "POSTGRES_SCHEMA": theirs_schema,
             "POSTGRES_POOL_SIZE": str(WRITERS + 2),
         }
-        run_db("postgres", engine, env, make_async_engine)
+        raw = psycopg.connect(
+            DATABASE_URL.replace("postgresql+psycopg://", "postgresql://", 1),
+            options=f"-csearch_path={ours_schema}",
+        )
+        raw.execute(FLOOR_TABLE.format("BIGSERIAL"))
+        raw.commit()
+
+        def floor() -> None:
+            raw.execute(FLOOR_INSERT, FLOOR_ROW)
+            raw.commit()
+
+        run_db("postgres", engine, env, make_async_engine, floor=floor)
+        raw.close()
         engine.dispose()
     finally:
         with admin.connect() as conn:
