@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -454,3 +458,50 @@ def test_batch_processor_writes_are_audited_per_item_in_their_transaction(
         assert conn.execute(sa.select(sa.func.count()).select_from(genes)).scalar() == 3
     assert len(store.read_stream("audit")) == 5
     assert store.verify().ok
+
+
+def run_docs_example(
+    page: str, driver: str, cwd: Path, *, block: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """Run Python block ``block`` of ``docs/<page>``, then ``driver``, in a fresh process."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    code = text.split("```python\n")[block + 1].split("\n```", 1)[0]
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code + "\n" + textwrap.dedent(driver)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_docs_examples_run_as_printed(tmp_path: Path) -> None:
+    store_example = run_docs_example("event_sourcing.md", "", tmp_path)
+    assert store_example.returncode == 0, store_example.stderr
+    assert store_example.stdout.splitlines() == [
+        "stale: 0 -> 3",
+        "1 network-1 1 GeneAdded alice",
+        "2 network-1 2 GeneAdded alice",
+        "3 network-1 3 EdgeAdded alice",
+        "True 3 None None",
+    ]
+    driver = """
+        import asyncio
+        from starlette.testclient import TestClient
+        with TestClient(app) as c:
+            r = c.post("/networks/1/genes", json=[{"symbol": "lacZ"}, {"symbol": "lacY"}])
+        print(r.status_code)
+        async def show():
+            for e in await audit_store.read_stream("audit"):
+                print(e.type, e.data.get("target"), e.data.get("route"), e.data["outcome"])
+        asyncio.run(show())
+    """
+    audit_example = run_docs_example("event_sourcing.md", driver, tmp_path, block=1)
+    assert audit_example.returncode == 0, audit_example.stderr
+    assert audit_example.stdout.splitlines() == [
+        "201",
+        "gene.create lacZ None success",
+        "gene.create lacY None success",
+        "http.request None /networks/{network_id}/genes success",
+    ]

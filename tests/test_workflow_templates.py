@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -526,3 +530,30 @@ def test_store_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.setenv("GENNET_WORKFLOW_TABLE_PREFIX", "bad prefix;")
     with pytest.raises(ConfigurationError):
         SqlTemplateStore.from_env()
+
+
+def run_docs_example(
+    page: str, driver: str, cwd: Path, *, block: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """Run Python block ``block`` of ``docs/<page>``, then ``driver``, in a fresh process."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    code = text.split("```python\n")[block + 1].split("\n```", 1)[0]
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code + "\n" + textwrap.dedent(driver)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_docs_example_runs_as_printed(tmp_path: Path) -> None:
+    out = run_docs_example("workflow_templates.md", "", tmp_path)
+    assert out.returncode == 0, out.stderr
+    errors, discovered, usage = out.stdout.splitlines()
+    assert "'#/network'" in errors
+    assert "'#/noise'" in errors
+    assert "no spaces" not in errors
+    assert discovered == "[('grn-knockout-sim', '1.1.0')] None"
+    assert "total=1, by_version={'1.1.0': 1}" in usage
