@@ -273,3 +273,163 @@ def test_waiting_retry_after_is_enough(
     if not denied.allowed:
         clock.advance(denied.retry_after + 1e-9)
         assert method("k", 5, 2, cost).allowed
+
+
+# --------------------------------------------------------------------------- several limits
+
+
+async def hit_all(
+    api: Api, algorithm: str, key: str, limits: list[tuple[int, float]], *, cost: int = 1
+) -> tuple[RateLimitResult, ...]:
+    results: tuple[RateLimitResult, ...] = await api.rate_limits(algorithm, key, limits, cost)
+    return results
+
+
+@pytest.mark.anyio
+async def test_a_refused_multi_limit_call_spends_nothing_on_any_limit(
+    api: Api, algorithm: str
+) -> None:
+    limits = [(2, 1000.0), (3, 5000.0)]
+    first = [await hit_all(api, algorithm, "u", limits) for _ in range(2)]
+    assert [[r.remaining for r in results] for results in first] == [[1, 2], [0, 1]]
+    # The short limit refuses: the long one reports what it has and is not spent.
+    for _ in range(5):
+        short, long = await hit_all(api, algorithm, "u", limits)
+        assert (short.allowed, long.allowed, long.remaining) == (False, True, 1)
+        assert short.retry_after > 0
+        assert long.retry_after == 0
+    (peek,) = await hit_all(api, algorithm, "u", [(3, 5000.0)], cost=0)
+    assert peek.remaining == 1
+
+
+@pytest.mark.anyio
+async def test_a_longer_limit_refusing_leaves_the_shorter_one_unspent(
+    api: Api, algorithm: str
+) -> None:
+    limits = [(5, 1000.0), (2, 5000.0)]
+    for _ in range(2):
+        assert all(r.allowed for r in await hit_all(api, algorithm, "u", limits))
+    short, long = await hit_all(api, algorithm, "u", limits)
+    assert (short.allowed, short.remaining, long.allowed) == (True, 3, False)
+    (peek,) = await hit_all(api, algorithm, "u", [(5, 1000.0)], cost=0)
+    assert peek.remaining == 3
+
+
+@pytest.mark.anyio
+async def test_one_limit_through_rate_limits_behaves_like_the_single_operation(
+    api: Api, algorithm: str
+) -> None:
+    singles = [await hit(api, algorithm, "single", 3, 1000) for _ in range(5)]
+    multis = [(await hit_all(api, algorithm, "multi", [(3, 1000)]))[0] for _ in range(5)]
+    assert [(r.allowed, r.remaining) for r in multis] == [(r.allowed, r.remaining) for r in singles]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("algorithm_name", "limits", "cost"),
+    [
+        ("leaky_bucket", [(5, 1.0)], 1),
+        ("fixed_window", [], 1),
+        ("fixed_window", [(5, 1.0), (9, 1.0)], 1),  # one period twice: one shared counter
+        ("fixed_window", [(5, 1.0), (0, 60.0)], 1),
+        ("sliding_window", [(5, 1.0), (2, 60.0)], 3),  # cost above a limit
+        ("gcra", [(5, float("inf"))], 1),
+    ],
+)
+async def test_invalid_multi_limit_calls_are_rejected(
+    api: Api, algorithm_name: str, limits: list[tuple[int, float]], cost: int
+) -> None:
+    with pytest.raises(ValueError, match=r"algorithm|limit|period|cost"):
+        await hit_all(api, algorithm_name, "u", limits, cost=cost)
+
+
+@pytest.mark.anyio
+async def test_concurrent_multi_limit_calls_admit_exactly_and_spend_only_admitted(
+    kind: str, request: pytest.FixtureRequest, algorithm: str
+) -> None:
+    backend = make_backend(kind, request, FakeClock())
+    limits = [(40, 1000.0), (25, 5000.0)]
+    try:
+        results = await asyncio.gather(
+            *(backend.rate_limits(algorithm, "burst", limits) for _ in range(100))
+        )
+        (short_left,) = await backend.rate_limits(algorithm, "burst", [(40, 1000.0)], 0)
+    finally:
+        await backend.aclose()
+    assert sum(all(r.allowed for r in rs) for rs in results) == 25
+    assert short_left.remaining == 15  # the 75 refused calls spent nothing
+
+
+def test_multi_limit_fixed_windows_on_a_fake_clock() -> None:
+    clock = FakeClock()
+    store = MemoryBackend(clock=clock).sync
+    limits = [(2, 10.0), (3, 100.0)]
+
+    def verdicts() -> list[bool]:
+        return [r.allowed for r in store.rate_limits("fixed_window", "k", limits)]
+
+    assert [verdicts(), verdicts(), verdicts()] == [[True, True], [True, True], [False, True]]
+    clock.advance(9.999)
+    assert verdicts() == [False, True]  # still the first 10 s window
+    clock.advance(0.001)  # the 10 s window ends exactly here; the 100 s one has 1 left
+    assert verdicts() == [True, True]
+    assert verdicts() == [True, False]  # the long limit refuses, the short one is unspent
+    (short,) = store.rate_limits("fixed_window", "k", [(2, 10.0)], 0)
+    assert short.remaining == 1
+    clock.advance(90.0)  # both windows over
+    assert verdicts() == [True, True]
+
+
+def test_multi_limit_gcra_on_a_fake_clock() -> None:
+    clock = FakeClock()
+    store = MemoryBackend(clock=clock).sync
+    limits = [(2, 1.0), (4, 60.0)]  # burst 2, one per 0.5 s; at most 4 per minute
+    times = [i * 0.25 for i in range(40)]
+    admitted = []
+    for t in times:
+        clock.now = t
+        if all(r.allowed for r in store.rate_limits("gcra", "k", limits)):
+            admitted.append(t)
+    assert admitted == [0.0, 0.25, 0.5, 1.0]
+    # The minute bucket holds exactly the 4 admitted: the 36 refusals spent nothing.
+    short, long = store.rate_limits("gcra", "k", limits, 0)
+    assert (short.remaining, long.remaining) == (2, 0)
+
+
+def test_multi_limit_sliding_windows_on_a_fake_clock() -> None:
+    clock = FakeClock(1000.0)  # a boundary of both windows
+    store = MemoryBackend(clock=clock).sync
+    limits = [(10, 10.0), (15, 100.0)]
+    for _ in range(10):
+        assert all(r.allowed for r in store.rate_limits("sliding_window", "k", limits))
+    clock.advance(10)  # the short window's previous one weighs fully: refused
+    short, long = store.rate_limits("sliding_window", "k", limits)
+    assert (short.allowed, long.allowed, long.remaining) == (False, True, 5)
+    clock.advance(5)  # half of it has slid out: 5 free, but the long limit has only 5 left
+    results = [store.rate_limits("sliding_window", "k", limits) for _ in range(6)]
+    assert [all(r.allowed for r in rs) for rs in results] == [True] * 5 + [False]
+    assert [r.allowed for r in results[5]] == [False, False]
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+async def test_redis_multi_limit_keys_share_one_hash_tag_and_all_expire(
+    redis_url: str, redis_prefix: str
+) -> None:
+    backend = RedisBackend(redis_url, prefix=redis_prefix)
+    try:
+        for algorithm in ALGORITHMS:
+            await backend.rate_limits(algorithm, "user:42", [(10, 1.0), (100, 60.0), (1, 0.5)])
+        client = backend.client()
+        keys = sorted([k.decode() async for k in client.scan_iter(match=redis_prefix + "*")])
+        assert keys == sorted(
+            f"{redis_prefix}rl:{short}:{{user:42}}:{period}"
+            for short in ("fw", "gcra", "sw")
+            for period in ("1", "60", "0.5")
+        )
+        for key in keys:
+            assert 0 < await client.pttl(key) <= 120_000
+        # Redis Cluster hashes only the first {...}: one tag, so one slot for all.
+        assert {k[k.index("{") : k.index("}") + 1] for k in keys} == {"{user:42}"}
+    finally:
+        await backend.aclose()

@@ -177,8 +177,12 @@ def test_rule_options_are_validated() -> None:
 
 
 def test_limit_keeps_windows_apart_in_storage_keys() -> None:
+    backend = MemoryBackend()
+    limiter = RateLimiter(backend)
     a, b = parse_limits("10/second;100/minute")
-    assert a.suffix != b.suffix
+    assert limiter.hit_sync(a, "k") is not None
+    assert limiter.hit_sync(b, "k") is not None
+    assert sorted(backend.sync._values) == ["rl:sw:{k}:1", "rl:sw:{k}:60"]
     assert str(Limit(5, 3.0)) == "5/3s"
 
 
@@ -401,7 +405,7 @@ async def test_each_client_has_its_own_quota() -> None:
         assert (await b.get("/")).status_code == 200
 
 
-async def test_several_rules_and_limits_stop_at_the_first_refusal() -> None:
+async def test_a_refused_request_spends_no_limit_of_its_rule_nor_later_rules() -> None:
     limiter = RateLimiter(strategy="fixed_window")
     rules = [
         Rule("2/second;3/minute", key=by_ip, name="ip"),
@@ -418,6 +422,8 @@ async def test_several_rules_and_limits_stop_at_the_first_refusal() -> None:
         refused = await client.get("/")  # the per-second limit refuses
     assert refused.status_code == 429
     assert refused.json()["violated-policies"] == ["ip-1s"]
+    # Both limits of the rule were checked in one call: the 429 reports both.
+    assert refused.headers["RateLimit"].startswith('"ip-1s";r=0;t=1, "ip-60s";r=1;t=')
     # Neither the per-minute nor the global quota paid for the refused request.
     minute = await limiter.hit("3/minute", "mw:ip:198.51.100.1", cost=0)
     glob = await limiter.hit("100/hour", "mw:global:everyone", cost=0)
@@ -545,7 +551,7 @@ async def test_lifespan_and_websocket_scopes_pass_straight_through() -> None:
 
 async def test_fail_closed_answers_503_problem_json_when_the_backend_is_down() -> None:
     class DownBackend(MemoryBackend):
-        async def sliding_window(self, key: str, limit: int, period: float, cost: int = 1) -> Any:
+        async def rate_limits(self, *args: Any, **kwargs: Any) -> Any:
             raise ConnectionError("redis at 10.0.0.1:6379 refused")
 
     app = RateLimitMiddleware(
@@ -743,7 +749,7 @@ class CountingDownBackend(MemoryBackend):
         super().__init__()
         self.calls = 0
 
-    async def sliding_window(self, key: str, limit: int, period: float, cost: int = 1) -> Any:
+    async def rate_limits(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
         raise ConnectionError("down")
 

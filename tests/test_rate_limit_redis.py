@@ -105,6 +105,34 @@ async def test_every_check_is_one_redis_command(redis_server: RedisServer, strat
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_rule_with_several_limits_is_one_redis_command_per_check(
+    redis_server: RedisServer, strategy: str
+) -> None:
+    limiter = RateLimiter(redis_server.url, strategy=strategy)  # type: ignore[arg-type]
+    app = app_with(limiter, "2/second;3/minute;50/day", key="everyone", name="r")
+    try:
+        async with client_for(app) as client:
+            await limiter.check(Rule("1000/minute", key="x"), "warm-up")  # SCRIPT LOAD
+            with CommandLog(redis_server.url) as log:
+                codes = [(await client.get("/")).status_code for _ in range(6)]
+                commands = log.stop_full()
+            last = await client.get("/")
+    finally:
+        await limiter.aclose()
+    assert codes[:2] == [200, 200]
+    assert 429 in codes
+    # One EVALSHA per request, carrying the rule's three keys, refused or not.
+    assert len(commands) == 6
+    assert all(c.split(" ")[0].upper() == "EVALSHA" for c in commands)
+    assert all(c.split(" ")[2].strip('"') == "3" for c in commands)
+    # The 429 names every limit of the rule; the day limit paid only for admissions.
+    assert last.headers["RateLimit-Policy"].count(";q=") == 3
+    admitted = codes.count(200) + (last.status_code == 200)
+    assert f'"r-86400s";r={50 - admitted};' in last.headers["RateLimit"]
+
+
+@pytest.mark.anyio
 async def test_async_path_never_touches_the_blocking_client(
     redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,10 +170,12 @@ async def test_scripts_get_no_client_timestamp(redis_server: RedisServer, strate
     assert len(commands) == 2
     now = time.time()
     for command in commands:
-        # EVALSHA <sha> <numkeys=1> <key> then the limit, the period (ms) and the cost.
-        name, _sha, numkeys, _key, *args = command.split(" ")
+        # EVALSHA <sha> <numkeys=1> <key> then the algorithm, the cost, the limit and
+        # the period (ms).
+        name, _sha, numkeys, _key, algorithm, *args = command.split(" ")
         assert (name.upper(), numkeys) == ("EVALSHA", "1")
-        assert [float(a) for a in args] == [7, 60_000, 1]
+        assert algorithm.strip('"') in {"fw", "sw", "gcra"}
+        assert [float(a.strip('"')) for a in args] == [1, 7, 60_000]
         for arg in args:  # no epoch seconds, milliseconds or microseconds anywhere
             assert not any(
                 abs(float(arg) / scale - now) < 10 * 365 * 86400 for scale in (1, 1e3, 1e6)
@@ -258,6 +288,15 @@ def _hammer(url: str, prefix: str, barrier: Any, results: Any) -> None:
         await limiter.aclose()
         return sum(1 for r in outcomes if r is not None and r.allowed)
 
+    # Two limits of one rule: the day limit (60) binds, so the hour one must end up
+    # spent by exactly the admitted requests (a refusal spends nothing on either).
+    rule = Rule("100/hour;60/day", key="multi")
+
+    async def multi_burst(limiter: RateLimiter) -> int:
+        outcomes = await asyncio.gather(*(limiter.check(rule, "multi") for _ in range(45)))
+        await limiter.aclose()
+        return sum(1 for d in outcomes if d.allowed and not d.degraded)
+
     for strategy, limiter in limiter_by.items():
         barrier.wait(timeout=60)
         allowed = asyncio.run(burst(limiter))
@@ -267,6 +306,10 @@ def _hammer(url: str, prefix: str, barrier: Any, results: Any) -> None:
             if (r := limiter.hit_sync("100/hour", "shared")) is not None and r.allowed
         )
         results.put((strategy, allowed))
+        barrier.wait(timeout=60)
+        allowed = asyncio.run(multi_burst(limiter))
+        allowed += sum(1 for _ in range(15) if limiter.check_sync(rule, "multi").allowed)
+        results.put(("multi " + strategy, allowed))
     for limiter in limiter_by.values():
         limiter.backend.close()  # type: ignore[attr-defined]
 
@@ -285,15 +328,23 @@ def test_four_processes_sharing_one_limit_admit_exactly_the_limit(
     ]
     for w in workers:
         w.start()
-    totals = dict.fromkeys(STRATEGIES, 0)
-    for _ in range(4 * len(STRATEGIES)):
+    totals = dict.fromkeys(STRATEGIES, 0) | dict.fromkeys([f"multi {s}" for s in STRATEGIES], 0)
+    for _ in range(4 * len(totals)):
         strategy, allowed = results.get(timeout=120)
         totals[strategy] += allowed
     for w in workers:
         w.join(timeout=60)
         assert w.exitcode == 0
-    # 4 processes x 60 attempts = 240 per strategy against a limit of 100.
-    assert totals == dict.fromkeys(STRATEGIES, 100)
+    # 4 processes x 60 attempts = 240 per strategy against a limit of 100 (60 for the
+    # two-limit rule, whose day limit binds).
+    assert {s: totals[s] for s in STRATEGIES} == dict.fromkeys(STRATEGIES, 100)
+    assert {s: totals[f"multi {s}"] for s in STRATEGIES} == dict.fromkeys(STRATEGIES, 60)
+    for strategy in STRATEGIES:
+        limiter = RateLimiter(redis_url, strategy=strategy, prefix=redis_prefix)  # type: ignore[arg-type]
+        hour = limiter.hit_sync("100/hour", "multi", cost=0)
+        limiter.close()
+        assert hour is not None
+        assert hour.remaining == 40, strategy  # the 180 refusals spent nothing
 
 
 # --------------------------------------------------------------------------- outages

@@ -113,3 +113,47 @@ def test_sliding_and_bucket_never_exceed_limit_plus_rate_in_any_interval(
         for span in (0.0, 1.0, 10.0, 30.0, 60.0, 120.0):
             bound = LIMIT + LIMIT * span / PERIOD + 1
             assert most_in_any_interval(times, span) <= bound, (strategy, span)
+
+
+# --------------------------------------------------------------------------- several limits
+
+
+def test_a_request_refused_by_any_limit_of_a_rule_spends_none_of_them() -> None:
+    # Every limit of a rule is checked in one atomic call: a refusal, whichever limit
+    # gives it, leaves every limit's state exactly as it was.
+    for strategy in ("fixed_window", "sliding_window", "token_bucket"):
+        clock = FakeClock()
+        limiter = RateLimiter(MemoryBackend(clock=clock), strategy=strategy)  # type: ignore[arg-type]
+        rule = Rule("3/second;10/minute", key="k", name="k")
+
+        def state(limiter: RateLimiter = limiter, rule: Rule = rule) -> list[tuple[int, float]]:
+            peeks = [limiter.hit_sync(lim, "k", cost=0) for lim in rule.limits]
+            return [(p.remaining, p.reset_after) for p in peeks if p is not None]
+
+        refused_by = set()
+        for step in range(300):  # 5 requests a second for a minute
+            clock.now = step * 0.2
+            before = state()
+            decision = limiter.check_sync(rule, "k")
+            assert [name for name, _, _ in decision.results] == ["k-1s", "k-60s"]
+            if not decision.allowed:
+                assert state() == before
+                refused_by.update(decision.violated)
+        assert refused_by == {"k-1s", "k-60s"}  # both limits had their turn refusing
+
+
+def test_fixed_window_multi_limit_rule_boundaries() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(MemoryBackend(clock=clock), strategy="fixed_window")
+    rule = Rule("2/second;3/minute", key="k", name="k")
+
+    def run(t: float) -> tuple[bool, list[int]]:
+        clock.now = t
+        decision = limiter.check_sync(rule, "k")
+        return decision.allowed, [r.remaining for _, _, r in decision.results]
+
+    assert [run(0.0) for _ in range(3)] == [(True, [1, 2]), (True, [0, 1]), (False, [0, 1])]
+    assert run(0.999) == (False, [0, 1])
+    assert run(1.0) == (True, [1, 0])  # a new second; the minute's last unit
+    assert run(1.0) == (False, [1, 0])  # refused by the minute: the second is not spent
+    assert run(60.0) == (True, [1, 2])  # both windows over

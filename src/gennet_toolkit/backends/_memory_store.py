@@ -16,6 +16,7 @@ from typing import TypeAlias
 
 from gennet_toolkit.backends._memory_pubsub import Hub
 from gennet_toolkit.backends.base import (
+    Limits,
     RateLimitResult,
     SyncBackend,
     SyncSubscription,
@@ -23,12 +24,18 @@ from gennet_toolkit.backends.base import (
     check_rate,
     check_ttl,
     encode,
+    limits_key,
+    plan_limits,
 )
 
 __all__ = ()
 
 # Counters stay ints, GCRA arrival times floats, sliding windows (window, cur, prev).
 _Stored: TypeAlias = bytes | int | float | tuple[int, int, int]
+
+# RateLimitResult's own __new__ is a Python function wrapping this one; every check
+# builds a result, and calling tuple.__new__ directly skips that extra frame.
+_new = tuple.__new__
 
 _SWEEP_EVERY = 1024
 _SWEEP_BATCH = 2 * _SWEEP_EVERY
@@ -245,65 +252,141 @@ class MemoryStore(SyncBackend):
         return self.hub.subscribe_sync([self.prefix + c for c in channels])
 
     # -- rate limits -----------------------------------------------------------------
+    #
+    # Each algorithm is one step: decide a single limit from its stored state at ``now``
+    # and, if ``write``, spend ``cost`` when it allows. The step runs with the lock held
+    # and keeps the fast path lean: two dict lookups, no intermediate objects.
 
     def fixed_window(self, key: str, limit: int, period: float, cost: int = 1) -> RateLimitResult:
         """See :meth:`Backend.fixed_window`."""
         check_rate(limit, period, cost)
         k = f"{self.prefix}rl:fw:{{{key}}}"
         with self._lock:
-            now = self._clock()
-            stored = self._live(k, now)
-            count = stored if isinstance(stored, int) else 0
-            exp = self._expires.get(k)
-            left = period if stored is None or exp is None else exp - now
-            if count + cost > limit:
-                return RateLimitResult(False, limit, limit - count, left, left)
-            if cost:
-                if stored is None or exp is None:
-                    self._put(k, count + cost, period, now)
-                else:
-                    self._values[k] = count + cost
-            return RateLimitResult(True, limit, limit - count - cost, left, 0.0)
+            return self._fixed_step(k, limit, period, cost, self._clock(), write=True)
 
     def sliding_window(self, key: str, limit: int, period: float, cost: int = 1) -> RateLimitResult:
         """See :meth:`Backend.sliding_window`."""
         check_rate(limit, period, cost)
         k = f"{self.prefix}rl:sw:{{{key}}}"
         with self._lock:
-            now = self._clock()
-            window = math.floor(now / period)
-            elapsed = now - window * period
-            stored = self._live(k, now)
-            cur, prev = _shift(stored, window)
-            allowed, cur, remaining, reset, retry = sliding_math(
-                cur, prev, limit=limit, period=period, elapsed=elapsed, cost=cost
-            )
-            if allowed and cost:
-                # Kept until the next window ends: it is that window's "previous".
-                self._put(k, (window, cur, prev), 2 * period - elapsed, now)
-            return RateLimitResult(allowed, limit, remaining, reset, retry)
+            return self._sliding_step(k, limit, period, cost, self._clock(), write=True)
 
     def gcra(self, key: str, limit: int, period: float, cost: int = 1) -> RateLimitResult:
         """See :meth:`Backend.gcra`."""
         check_rate(limit, period, cost)
         k = f"{self.prefix}rl:gcra:{{{key}}}"
-        interval = period / limit
+        with self._lock:
+            return self._gcra_step(k, limit, period, cost, self._clock(), write=True)
+
+    def rate_limits(
+        self, algorithm: str, key: str, limits: Limits, cost: int = 1
+    ) -> tuple[RateLimitResult, ...]:
+        """See :meth:`Backend.rate_limits`."""
+        pairs = limits_key(limits)
+        short, tags = plan_limits(algorithm, pairs, cost)
+        step = _STEPS[short]
+        base = f"{self.prefix}rl:{short}:{{{key}}}:"
         with self._lock:
             now = self._clock()
-            stored = self._live(k, now)
-            tat = max(stored if isinstance(stored, float) else now, now)
-            new_tat = tat + cost * interval
-            allow_at = new_tat - period
-            if allow_at - now > _EPS:
-                remaining = math.floor((period - (tat - now)) / interval + _EPS)
-                return RateLimitResult(False, limit, remaining, tat - now, allow_at - now)
-            if cost:
-                self._put(k, new_tat, new_tat - now, now)
-            remaining = math.floor((period - (new_tat - now)) / interval + _EPS)
-            return RateLimitResult(True, limit, remaining, new_tat - now, 0.0)
+            if len(pairs) == 1:  # most rules: nothing to coordinate
+                (limit, period), (tag,) = pairs[0], tags
+                return (step(self, base + tag, limit, period, cost, now, write=True),)
+            keys = [base + tag for tag in tags]
+            # All or nothing: a dry run of every limit first, then spend on all of them
+            # (same state, same clock: the same decisions) or on none.
+            trial = [
+                step(self, k, lim, per, cost, now, write=False)
+                for k, (lim, per) in zip(keys, pairs, strict=True)
+            ]
+            if all(r.allowed for r in trial):
+                return tuple(
+                    step(self, k, lim, per, cost, now, write=True)
+                    for k, (lim, per) in zip(keys, pairs, strict=True)
+                )
+            # Refused: the limits that would allow report the quota they still have.
+            return tuple(
+                r if not r.allowed else step(self, k, lim, per, 0, now, write=False)
+                for r, k, (lim, per) in zip(trial, keys, pairs, strict=True)
+            )
+
+    def _fixed_step(
+        self, k: str, limit: int, period: float, cost: int, now: float, *, write: bool
+    ) -> RateLimitResult:
+        exp = self._expires.get(k)
+        if exp is None or exp <= now:  # no window yet: this hit starts one
+            if write and cost:
+                self._put(k, cost, period, now)
+            return _new(RateLimitResult, (True, limit, limit - cost, period, 0.0))
+        stored = self._values.get(k)
+        count = stored if type(stored) is int else 0
+        left = exp - now
+        if count + cost > limit:
+            return _new(RateLimitResult, (False, limit, limit - count, left, left))
+        if write and cost:
+            self._values[k] = count + cost  # keeps the window's expiry
+        return _new(RateLimitResult, (True, limit, limit - count - cost, left, 0.0))
+
+    def _sliding_step(
+        self, k: str, limit: int, period: float, cost: int, now: float, *, write: bool
+    ) -> RateLimitResult:
+        # The two-window weighted counter, mirrored in lua/sliding_window.lua and
+        # lua/rate_limits.lua: the previous window's count, weighted by how much of it
+        # still overlaps the sliding window, plus the current one.
+        window = math.floor(now / period)
+        elapsed = now - window * period
+        exp = self._expires.get(k)
+        stored = self._values.get(k) if exp is not None and exp > now else None
+        cur = prev = 0
+        if type(stored) is tuple:
+            w, c, p = stored
+            if w == window:
+                cur, prev = c, p
+            elif w == window - 1:
+                prev = c
+        estimate = prev * (1 - elapsed / period) + cur
+        if estimate + cost > limit + _EPS:
+            if cur + cost <= limit:
+                # Wait until the previous window's weight has faded enough.
+                retry = (1 - (limit - cur - cost) / prev) * period - elapsed
+            else:
+                # Only the next window helps, once this one's weight has faded enough.
+                retry = (period - elapsed) + max(0.0, 1 - (limit - cost) / cur) * period
+            remaining = max(0, math.floor(limit - estimate + _EPS))
+            reset = _reset(cur, prev, period, elapsed)
+            return _new(RateLimitResult, (False, limit, remaining, reset, retry))
+        if write and cost:
+            # Kept until the next window ends: it is that window's "previous".
+            self._put(k, (window, cur + cost, prev), 2 * period - elapsed, now)
+        remaining = max(0, math.floor(limit - estimate - cost + _EPS))
+        reset = _reset(cur + cost, prev, period, elapsed)
+        return _new(RateLimitResult, (True, limit, remaining, reset, 0.0))
+
+    def _gcra_step(
+        self, k: str, limit: int, period: float, cost: int, now: float, *, write: bool
+    ) -> RateLimitResult:
+        interval = period / limit
+        exp = self._expires.get(k)
+        stored = self._values.get(k) if exp is not None and exp > now else None
+        tat = stored if type(stored) is float and stored > now else now
+        new_tat = tat + cost * interval
+        allow_at = new_tat - period
+        if allow_at - now > _EPS:
+            remaining = math.floor((period - (tat - now)) / interval + _EPS)
+            return _new(RateLimitResult, (False, limit, remaining, tat - now, allow_at - now))
+        if write and cost:
+            self._put(k, new_tat, new_tat - now, now)
+        remaining = math.floor((period - (new_tat - now)) / interval + _EPS)
+        return _new(RateLimitResult, (True, limit, remaining, new_tat - now, 0.0))
 
     def close(self) -> None:
         """Nothing to release; present for symmetry with the Redis backend."""
+
+
+_STEPS = {
+    "fw": MemoryStore._fixed_step,
+    "sw": MemoryStore._sliding_step,
+    "gcra": MemoryStore._gcra_step,
+}
 
 
 def _parse_int(value: _Stored) -> int:
@@ -313,42 +396,6 @@ def _parse_int(value: _Stored) -> int:
     except ValueError:
         pass
     raise ValueError("the value at this key is not an integer")
-
-
-def _shift(stored: _Stored | None, window: int) -> tuple[int, int]:
-    """(current, previous) counts for ``window`` from a stored (window, cur, prev)."""
-    if not isinstance(stored, tuple):
-        return 0, 0
-    w, cur, prev = stored
-    if w == window:
-        return cur, prev
-    if w == window - 1:
-        return 0, cur
-    return 0, 0
-
-
-def sliding_math(
-    cur: int, prev: int, *, limit: int, period: float, elapsed: float, cost: int
-) -> tuple[bool, int, int, float, float]:
-    """The two-window weighted counter, shared by the memory store and mirrored in Lua.
-
-    Returns (allowed, new current count, remaining, reset_after, retry_after).
-    """
-    weight = 1 - elapsed / period
-    estimate = prev * weight + cur
-    if estimate + cost > limit + _EPS:
-        remaining = max(0, math.floor(limit - estimate + _EPS))
-        if cur + cost <= limit:
-            # Wait until the previous window's weight has faded enough.
-            needed = 1 - (limit - cur - cost) / prev
-            retry = needed * period - elapsed
-        else:
-            # Only the next window helps, once this one's weight has faded enough.
-            retry = (period - elapsed) + max(0.0, 1 - (limit - cost) / cur) * period
-        return False, cur, remaining, _reset(cur, prev, period, elapsed), retry
-    cur += cost
-    remaining = max(0, math.floor(limit - estimate - cost + _EPS))
-    return True, cur, remaining, _reset(cur, prev, period, elapsed), 0.0
 
 
 def _reset(cur: int, prev: int, period: float, elapsed: float) -> float:

@@ -17,11 +17,14 @@ from functools import cache
 from typing import Any, Generic, TypeVar
 
 from gennet_toolkit.backends.base import (
+    Limits,
     RateLimitResult,
     Value,
     check_rate,
     check_ttl,
     encode,
+    limits_key,
+    plan_limits,
 )
 
 __all__ = ()
@@ -35,6 +38,7 @@ SCRIPTS = (
     "fixed_window",
     "gcra",
     "incr_ttl",
+    "rate_limits",
     "release_lock",
     "set_many",
     "sliding_window",
@@ -107,6 +111,24 @@ def _rate(limit: int) -> Callable[[Any], RateLimitResult]:
             int(remaining),
             max(0.0, float(reset_ms) / 1000),
             max(0.0, float(retry_ms) / 1000),
+        )
+
+    return parse
+
+
+def _rates(limits: tuple[tuple[int, float], ...]) -> Callable[[Any], tuple[RateLimitResult, ...]]:
+    def parse(reply: Any) -> tuple[RateLimitResult, ...]:
+        return tuple(
+            RateLimitResult(
+                bool(allowed),
+                limit,
+                int(remaining),
+                max(0.0, float(reset_ms) / 1000),
+                max(0.0, float(retry_ms) / 1000),
+            )
+            for (limit, _), (allowed, remaining, reset_ms, retry_ms) in zip(
+                limits, reply, strict=True
+            )
         )
 
     return parse
@@ -193,6 +215,18 @@ class Ops:
         short = {"fixed_window": "fw", "sliding_window": "sw", "gcra": "gcra"}[algorithm]
         rkey = f"{self.prefix}rl:{short}:{{{key}}}"
         return Op((rkey, limit, period * 1000, cost), _rate(limit), algorithm, 1)
+
+    def rate_limits(
+        self, algorithm: str, key: str, limits: Limits, cost: int
+    ) -> Op[tuple[RateLimitResult, ...]]:
+        """Every limit of one rule in one script; one ``{key}`` hash tag for all its keys."""
+        pairs = limits_key(limits)
+        short, tags = plan_limits(algorithm, pairs, cost)
+        base = f"{self.prefix}rl:{short}:{{{key}}}:"
+        argv: list[Any] = [short, cost]
+        for limit, period in pairs:
+            argv += [limit, period * 1000]
+        return Op((*(base + tag for tag in tags), *argv), _rates(pairs), "rate_limits", len(tags))
 
 
 def channel_name(raw: Any, strip: int) -> str:

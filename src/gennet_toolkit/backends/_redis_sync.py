@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from gennet_toolkit.backends._redis_common import RedisOptions, translate
 from gennet_toolkit.backends._redis_ops import Op, Ops, channel_name, script
 from gennet_toolkit.backends.base import (
+    Limits,
     Message,
     RateLimitResult,
     SyncBackend,
@@ -175,6 +176,12 @@ class RedisSync(SyncBackend):
     def gcra(self, key: str, limit: int, period: float, cost: int = 1) -> RateLimitResult:
         """See :meth:`Backend.gcra`."""
         return self.run(self._ops.rate("gcra", key, limit, period, cost))
+
+    def rate_limits(
+        self, algorithm: str, key: str, limits: Limits, cost: int = 1
+    ) -> tuple[RateLimitResult, ...]:
+        """See :meth:`Backend.rate_limits`."""
+        return self.run(self._ops.rate_limits(algorithm, key, limits, cost))
 
     def close(self) -> None:
         """Close the sync pool's connections (a later call opens new ones)."""

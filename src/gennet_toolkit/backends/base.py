@@ -10,20 +10,23 @@ never starts an event loop.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from types import TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 from gennet_toolkit.exceptions import ServiceUnavailable
 
 __all__ = [
     "Backend",
     "Lock",
+    "Limits",
     "LockNotAcquired",
     "Message",
     "RateLimitResult",
@@ -38,14 +41,14 @@ __all__ = [
 Value = bytes | str
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitResult:
+class RateLimitResult(NamedTuple):
     """The outcome of one rate-limit window update.
 
     ``remaining`` is the quota left after this call; ``reset_after`` the seconds until
     the quota is fully restored (for fixed windows: until the window ends);
     ``retry_after`` the seconds to wait before the same request could pass (0 when
-    ``allowed``).
+    ``allowed``). A named tuple, not a frozen dataclass: every check builds one, and
+    this is the cheapest immutable record to build.
     """
 
     allowed: bool
@@ -85,10 +88,47 @@ def check_rate(limit: int, period: float, cost: int) -> None:
     """Validate rate-limit arguments the same way for every backend."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit!r}")
-    if not period > 0:
-        raise ValueError(f"period must be > 0 seconds, got {period!r}")
+    if not 0 < period < math.inf:
+        raise ValueError(f"period must be > 0 seconds and finite, got {period!r}")
     if not 0 <= cost <= limit:
         raise ValueError(f"cost must be between 0 and limit ({limit}), got {cost!r}")
+
+
+#: The algorithms of :meth:`Backend.rate_limits`, with the short name their keys carry.
+RATE_ALGORITHMS = {"fixed_window": "fw", "sliding_window": "sw", "gcra": "gcra"}
+
+#: ``(limit, period)`` pairs: the limits of one rule, for :meth:`Backend.rate_limits`.
+Limits = Sequence[tuple[int, float]]
+
+
+def limits_key(limits: Limits) -> tuple[tuple[int, float], ...]:
+    """``limits`` as a hashable tuple (already one in the usual case: no copy)."""
+    return limits if isinstance(limits, tuple) else tuple((lim, per) for lim, per in limits)
+
+
+@lru_cache(maxsize=1024)
+def plan_limits(
+    algorithm: str, limits: tuple[tuple[int, float], ...], cost: int
+) -> tuple[str, tuple[str, ...]]:
+    """Validate a :meth:`Backend.rate_limits` call once per distinct set of limits.
+
+    Returns the algorithm's short key name and each limit's key suffix (its period).
+    Cached (bounded): a rule checks the same limits on every request, so neither the
+    validation nor the period formatting belongs on the per-check path.
+    """
+    short = RATE_ALGORITHMS.get(algorithm)
+    if short is None:
+        raise ValueError(f"unknown rate-limit algorithm {algorithm!r}")
+    if not limits:
+        raise ValueError("at least one (limit, period) pair is needed")
+    for limit, period in limits:
+        check_rate(limit, period, cost)
+    if len({period for _, period in limits}) != len(limits):
+        raise ValueError("two limits share a period: they would share one counter")
+    tags = tuple(
+        str(int(period)) if period == int(period) else repr(float(period)) for _, period in limits
+    )
+    return short, tags
 
 
 def _new_token() -> str:
@@ -264,6 +304,21 @@ class Backend(ABC):
         """Take ``cost`` tokens from a bucket of ``limit`` refilled over ``period`` (GCRA)."""
 
     @abstractmethod
+    async def rate_limits(
+        self, algorithm: str, key: str, limits: Limits, cost: int = 1
+    ) -> tuple[RateLimitResult, ...]:
+        """Check several limits of one ``key`` in one atomic call; spend only if all allow.
+
+        ``algorithm`` is ``"fixed_window"``, ``"sliding_window"`` or ``"gcra"``;
+        ``limits`` are ``(limit, period)`` pairs with distinct periods. Each limit's
+        state lives at ``rl:<fw|sw|gcra>:{key}:<period>`` (one hash tag, so one Redis
+        Cluster slot). ``cost`` is spent on every limit only if every limit allows it;
+        otherwise nothing is spent anywhere. Returns one result per limit, in order:
+        a refusing limit reports ``allowed=False``; when another limit refused, the
+        others report ``allowed=True`` with the quota they still have (nothing spent).
+        """
+
+    @abstractmethod
     async def aclose(self) -> None:
         """Release connections (the async ones of the running loop and the sync ones)."""
 
@@ -358,6 +413,12 @@ class SyncBackend(ABC):
     @abstractmethod
     def gcra(self, key: str, limit: int, period: float, cost: int = 1) -> RateLimitResult:
         """See :meth:`Backend.gcra`."""
+
+    @abstractmethod
+    def rate_limits(
+        self, algorithm: str, key: str, limits: Limits, cost: int = 1
+    ) -> tuple[RateLimitResult, ...]:
+        """See :meth:`Backend.rate_limits`."""
 
     @abstractmethod
     def close(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from gennet_toolkit.backends._memory_store import MemoryStore
-from gennet_toolkit.backends.base import Backend, RateLimitResult, Subscription, Value
+from gennet_toolkit.backends.base import Backend, Limits, RateLimitResult, Subscription, Value
 
 __all__ = ["MemoryBackend"]
 
@@ -120,6 +120,12 @@ class MemoryBackend(Backend):
     async def gcra(self, key: str, limit: int, period: float, cost: int = 1) -> RateLimitResult:
         """See :meth:`Backend.gcra`."""
         return self._store.gcra(key, limit, period, cost)
+
+    async def rate_limits(
+        self, algorithm: str, key: str, limits: Limits, cost: int = 1
+    ) -> tuple[RateLimitResult, ...]:
+        """See :meth:`Backend.rate_limits`."""
+        return self._store.rate_limits(algorithm, key, limits, cost)
 
     async def aclose(self) -> None:
         """Nothing to release; present for symmetry with the Redis backend."""

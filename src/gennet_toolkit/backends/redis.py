@@ -26,7 +26,14 @@ from typing import Any, TypeVar
 from gennet_toolkit.backends._redis_common import RedisOptions, load_redis, translate
 from gennet_toolkit.backends._redis_ops import Op, Ops, channel_name, script
 from gennet_toolkit.backends._redis_sync import RedisSync
-from gennet_toolkit.backends.base import Backend, Message, RateLimitResult, Subscription, Value
+from gennet_toolkit.backends.base import (
+    Backend,
+    Limits,
+    Message,
+    RateLimitResult,
+    Subscription,
+    Value,
+)
 
 __all__ = ["RedisBackend", "RedisOptions"]
 
@@ -239,6 +246,12 @@ class RedisBackend(Backend):
     async def gcra(self, key: str, limit: int, period: float, cost: int = 1) -> RateLimitResult:
         """See :meth:`Backend.gcra`."""
         return await self.run(self._ops.rate("gcra", key, limit, period, cost))
+
+    async def rate_limits(
+        self, algorithm: str, key: str, limits: Limits, cost: int = 1
+    ) -> tuple[RateLimitResult, ...]:
+        """See :meth:`Backend.rate_limits`."""
+        return await self.run(self._ops.rate_limits(algorithm, key, limits, cost))
 
     async def aclose(self) -> None:
         """Close the running loop's pool and the sync pool (later calls reconnect)."""

@@ -8,8 +8,8 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
+from functools import lru_cache
+from typing import Literal, NamedTuple
 
 from gennet_toolkit._env import env_bool, env_str
 from gennet_toolkit.backends import Backend, RateLimitResult, from_url
@@ -21,7 +21,7 @@ __all__ = ["Decision", "RateLimiter", "Strategy"]
 Strategy = Literal["sliding_window", "fixed_window", "token_bucket"]
 
 # token_bucket is GCRA: a bucket of `limit` tokens refilled evenly over the period.
-_OPERATIONS = {
+_ALGORITHMS = {
     "sliding_window": "sliding_window",
     "fixed_window": "fixed_window",
     "token_bucket": "gcra",
@@ -33,18 +33,20 @@ _SAFE_KEY = re.compile(r"[\x21-\x7a|~]{1,160}")
 
 logger = logging.getLogger("gennet_toolkit.rate_limit")
 
-AsyncOp = Callable[[str, int, float, int], Awaitable[RateLimitResult]]
-SyncOp = Callable[[str, int, float, int], RateLimitResult]
+Pairs = tuple[tuple[int, float], ...]
+AsyncOp = Callable[[str, str, Pairs, int], Awaitable[tuple[RateLimitResult, ...]]]
+SyncOp = Callable[[str, str, Pairs, int], tuple[RateLimitResult, ...]]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The outcome of one rule for one request.
 
-    ``results`` pairs each checked limit with its policy name and backend result,
-    shortest window first; checking stops at the first limit that refuses.
+    ``results`` pairs each limit of the rule with its policy name and backend result,
+    shortest window first. All of them were checked in one atomic call: when one
+    refuses, nothing was spent on any, and the others report the quota they still have.
     ``degraded`` means the backend was down and ``fail_open`` let the request through
-    unchecked (then ``results`` is empty).
+    unchecked (then ``results`` is empty). A named tuple: one is built per check, and
+    it is the cheapest immutable record to build.
     """
 
     allowed: bool
@@ -65,8 +67,13 @@ class Decision:
 _ALLOWED_UNCHECKED = Decision(True, (), degraded=True)
 
 
+@lru_cache(maxsize=4096)
 def storage_key(key: str) -> str:
-    """``key`` as it may enter a store: short, printable, no hash-tag braces."""
+    """``key`` as it may enter a store: short, printable, no hash-tag braces.
+
+    Cached (bounded): the same clients come back, and the check (or the hash of an
+    unsafe key) then costs one lookup.
+    """
     if _SAFE_KEY.fullmatch(key):
         return key
     return "h:" + hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=16).hexdigest()
@@ -96,8 +103,8 @@ class RateLimiter:
         prefix: str = "",
         outage_backoff: float = 0.0,
     ) -> None:
-        op = _OPERATIONS.get(strategy)
-        if op is None:
+        algorithm = _ALGORITHMS.get(strategy)
+        if algorithm is None:
             raise ConfigurationError(
                 f"unknown rate-limit strategy {strategy!r}: use sliding_window, "
                 "fixed_window or token_bucket"
@@ -111,8 +118,8 @@ class RateLimiter:
             raise ConfigurationError("prefix= applies to backend URLs; set it on the Backend")
         else:
             self.backend = backend
-        self._op_name = op
-        self._op: AsyncOp = getattr(self.backend, op)
+        self._algorithm = algorithm
+        self._op: AsyncOp = self.backend.rate_limits
         self._sync_op: SyncOp | None = None
         if not outage_backoff >= 0:
             raise ConfigurationError(f"outage_backoff must be >= 0 seconds, got {outage_backoff!r}")
@@ -154,32 +161,31 @@ class RateLimiter:
         down and ``fail_open=False``. ``cost=0`` only peeks.
         """
         lim = limit if isinstance(limit, Limit) else _single(limit)
+        results = await self._spend(lim.pairs, key, cost)
+        return None if results is None else results[0]
+
+    async def check(self, rule: Rule, key: str) -> Decision:
+        """Apply every limit of ``rule`` for ``key`` in one atomic backend call.
+
+        The rule's cost is spent on all its limits or on none: a request refused by
+        the per-second limit spends nothing of the hourly one, and vice versa.
+        """
+        results = await self._spend(rule.pairs, key, rule.cost)
+        if results is None:
+            return _ALLOWED_UNCHECKED
+        return _decide(rule, results)
+
+    async def _spend(self, pairs: Pairs, key: str, cost: int) -> tuple[RateLimitResult, ...] | None:
         if self._down and self._backing_off():
             return None
         try:
-            result = await self._op(storage_key(key) + lim.suffix, lim.amount, lim.period, cost)
+            results = await self._op(self._algorithm, storage_key(key), pairs, cost)
         except Exception as exc:  # any backend failure is an outage, never a 500
             self._failed(exc)
             return None
         if self._down:
             self._recovered()
-        return result
-
-    async def check(self, rule: Rule, key: str) -> Decision:
-        """Apply every limit of ``rule`` for ``key``, shortest window first.
-
-        Stops at the first refusal, so a request refused by a short burst limit does
-        not also spend the longer (daily) quota.
-        """
-        results: list[tuple[str, Limit, RateLimitResult]] = []
-        for lim, name in rule.policies:
-            result = await self.hit(lim, key, cost=rule.cost)
-            if result is None:
-                return _ALLOWED_UNCHECKED
-            results.append((name, lim, result))
-            if not result.allowed:
-                return Decision(False, tuple(results))
-        return Decision(True, tuple(results))
+        return results
 
     async def aclose(self) -> None:
         """Close the backend if this limiter created it from a URL."""
@@ -198,31 +204,30 @@ class RateLimiter:
     def hit_sync(self, limit: Limit | str, key: str, *, cost: int = 1) -> RateLimitResult | None:
         """The blocking form of :meth:`hit`, for sync functions and worker threads."""
         lim = limit if isinstance(limit, Limit) else _single(limit)
+        results = self._spend_sync(lim.pairs, key, cost)
+        return None if results is None else results[0]
+
+    def check_sync(self, rule: Rule, key: str) -> Decision:
+        """The blocking form of :meth:`check`."""
+        results = self._spend_sync(rule.pairs, key, rule.cost)
+        if results is None:
+            return _ALLOWED_UNCHECKED
+        return _decide(rule, results)
+
+    def _spend_sync(self, pairs: Pairs, key: str, cost: int) -> tuple[RateLimitResult, ...] | None:
         if self._down and self._backing_off():
             return None
         try:
             op = self._sync_op
             if op is None:
-                op = self._sync_op = getattr(self.backend.sync, self._op_name)
-            result = op(storage_key(key) + lim.suffix, lim.amount, lim.period, cost)
+                op = self._sync_op = self.backend.sync.rate_limits
+            results = op(self._algorithm, storage_key(key), pairs, cost)
         except Exception as exc:  # any backend failure is an outage, never a 500
             self._failed(exc)
             return None
         if self._down:
             self._recovered()
-        return result
-
-    def check_sync(self, rule: Rule, key: str) -> Decision:
-        """The blocking form of :meth:`check`."""
-        results: list[tuple[str, Limit, RateLimitResult]] = []
-        for lim, name in rule.policies:
-            result = self.hit_sync(lim, key, cost=rule.cost)
-            if result is None:
-                return _ALLOWED_UNCHECKED
-            results.append((name, lim, result))
-            if not result.allowed:
-                return Decision(False, tuple(results))
-        return Decision(True, tuple(results))
+        return results
 
     # ------------------------------------------------------------------ outages
 
@@ -261,6 +266,16 @@ class RateLimiter:
             self._down = False
         if was_down:
             logger.warning("rate limiting backend recovered; limits apply again")
+
+
+def _decide(rule: Rule, results: tuple[RateLimitResult, ...]) -> Decision:
+    if len(results) == 1:  # most rules: skip the generator machinery
+        ((lim, name),), (result,) = rule.policies, results
+        return Decision(result.allowed, ((name, lim, result),))
+    checked = tuple(
+        (name, lim, result) for (lim, name), result in zip(rule.policies, results, strict=True)
+    )
+    return Decision(all(r.allowed for r in results), checked)
 
 
 def _single(text: str) -> Limit:

@@ -49,8 +49,8 @@ class Limit:
 
     amount: int
     period: float
-    #: Appended to storage keys so each window of a rule has its own counter.
-    suffix: str = field(init=False, repr=False, compare=False)
+    #: ``((amount, period),)``: what the backend's ``rate_limits`` takes, built once.
+    pairs: tuple[tuple[int, float], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.amount) is not int or self.amount < 1:
@@ -59,7 +59,7 @@ class Limit:
             )
         if not self.period > 0:
             raise ConfigurationError(f"a limit's period must be > 0 seconds, got {self.period!r}")
-        object.__setattr__(self, "suffix", "@" + _fmt_seconds(self.period))
+        object.__setattr__(self, "pairs", ((self.amount, self.period),))
 
     @property
     def window(self) -> int:
@@ -135,7 +135,7 @@ class Rule:
     ``cost`` is the quota one request spends.
     """
 
-    __slots__ = ("cost", "key", "limits", "methods", "name", "paths", "policies")
+    __slots__ = ("cost", "key", "limits", "methods", "name", "pairs", "paths", "policies")
 
     def __init__(
         self,
@@ -148,6 +148,8 @@ class Rule:
         cost: int = 1,
     ) -> None:
         self.limits = parse_limits(limit)
+        #: The limits as the backend's ``rate_limits`` takes them, built once.
+        self.pairs = tuple((lim.amount, lim.period) for lim in self.limits)
         if key is None:
             from gennet_toolkit.rate_limit._keys import by_ip
 
