@@ -22,6 +22,7 @@ from starlette_exporter import PrometheusMiddleware as ExporterMiddleware
 
 from benchmarks._asgi import make_scope, request_driver, thirty_route_app
 from benchmarks._harness import Suite
+from benchmarks._sdk_floor import SdkFloorMiddleware
 from gennet_toolkit.logging_middleware import CorrelationIdMiddleware
 from gennet_toolkit.metrics import PrometheusMiddleware
 from gennet_toolkit.tracing import TracingMiddleware
@@ -34,6 +35,7 @@ HEADERS = [
 ]
 
 OURS = "gennet trio (correlation id + metrics + tracing)"
+FLOOR_TRIO = "gennet correlation id + metrics + SDK floor (span calls only)"
 PEERS_TRIO = "peer trio (asgi-correlation-id + starlette-exporter + otel-asgi)"
 
 
@@ -76,6 +78,13 @@ def _suite(name: str, *, sample_ratio: float | None) -> None:
     ours.add_middleware(PrometheusMiddleware, registry=CollectorRegistry())
     ours.add_middleware(CorrelationIdMiddleware)
 
+    # The same stack with tracing reduced to the SDK calls alone (see _sdk_floor): the
+    # cheapest any all-traced trio on this provider can be.
+    floor = thirty_route_app()
+    floor.add_middleware(SdkFloorMiddleware, tracer_provider=provider)
+    floor.add_middleware(PrometheusMiddleware, registry=CollectorRegistry())
+    floor.add_middleware(CorrelationIdMiddleware)
+
     exporter_alone = thirty_route_app()
     exporter_alone.add_middleware(ExporterMiddleware, app_name=f"{name}_alone".replace("-", "_"))
     pfi_alone = thirty_route_app()
@@ -104,12 +113,17 @@ def _suite(name: str, *, sample_ratio: float | None) -> None:
     )
     suite.add("bare starlette", request_driver(thirty_route_app(), scope))
     suite.add(OURS, _clearing(request_driver(ours, scope), exporter))
+    if sample_ratio is None:  # the floor always records: only comparable when we all do
+        suite.add(FLOOR_TRIO, _clearing(request_driver(floor, scope), exporter))
     suite.add("starlette-exporter alone", request_driver(exporter_alone, scope))
     suite.add("prometheus-fastapi-instrumentator alone", request_driver(pfi_alone, scope))
     suite.add(PEERS_TRIO, _clearing(request_driver(peers, scope), exporter))
     suite.compare(OURS, "starlette-exporter alone")
     suite.compare(OURS, "prometheus-fastapi-instrumentator alone")
     suite.compare(OURS, PEERS_TRIO)
+    if sample_ratio is None:
+        suite.compare(OURS, FLOOR_TRIO)
+        suite.compare(FLOOR_TRIO, "prometheus-fastapi-instrumentator alone")
     suite.note(
         "goal: the trio's overhead ratio against the cheapest peer metrics middleware "
         "alone is below 1.0"

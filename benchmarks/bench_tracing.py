@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from benchmarks._asgi import make_scope, request_driver, thirty_route_app
 from benchmarks._harness import Suite
+from benchmarks._sdk_floor import SdkFloorMiddleware
 from gennet_toolkit.tracing import TracingMiddleware
 
 HEADERS = [
@@ -43,6 +44,9 @@ def _clearing(fn: Any, exporter: InMemorySpanExporter) -> Any:
     return one
 
 
+FLOOR = "SDK floor (span calls only)"
+
+
 def main() -> None:
     """Run the tracing suite and write benchmarks/results/tracing.{json,md}."""
     exporter = InMemorySpanExporter()
@@ -53,6 +57,7 @@ def main() -> None:
     bare = thirty_route_app()
     ours = TracingMiddleware(thirty_route_app(), tracer_provider=provider)
     peer = OpenTelemetryMiddleware(thirty_route_app(), tracer_provider=provider)
+    floor = SdkFloorMiddleware(thirty_route_app(), tracer_provider=provider)
     peer_lean = OpenTelemetryMiddleware(
         thirty_route_app(), tracer_provider=provider, exclude_spans=["send", "receive"]
     )
@@ -71,9 +76,17 @@ def main() -> None:
     suite.add(
         "otel-asgi (exclude send/receive)", _clearing(request_driver(peer_lean, scope), exporter)
     )
+    suite.add(FLOOR, _clearing(request_driver(floor, scope), exporter))
     suite.compare("gennet TracingMiddleware", "otel-asgi (default)")
     suite.compare("gennet TracingMiddleware", "otel-asgi (exclude send/receive)")
+    suite.compare("gennet TracingMiddleware", FLOOR)
+    suite.compare(FLOOR, "otel-asgi (exclude send/receive)")
     suite.note("overhead ratio = (ours - bare) / (peer - bare); goal: at most 0.5")
+    suite.note(
+        "SDK floor: only the SDK calls (parent context, start_span with the same "
+        "attributes, attach, set_attributes, update_name, end, detach), all values "
+        "constant; ours vs the floor near 1.0 means what is left is the SDK's cost"
+    )
     suite.run()
 
 
