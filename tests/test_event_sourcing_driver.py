@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
 from gennet_toolkit.event_sourcing import EventStore, NewEvent, RecordedEvent
-from gennet_toolkit.exceptions import ConcurrencyError
+from gennet_toolkit.exceptions import ConcurrencyError, ServiceUnavailable
 from tests.services import Database
 
 KEY = b"test-key-0123456789abcdef"
@@ -198,4 +198,44 @@ def test_a_lock_bypassing_writer_collides_on_the_driver_path(database: Database)
     assert isinstance(outcome[0], ConcurrencyError)
     assert [(e.position, e.stream_id) for e in store.read_all()] == [(1, "s"), (2, "rogue")]
     assert store.verify().first_broken == 2
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_killed_pooled_connection_costs_one_unavailable_then_appends_resume(
+    database: Database,
+) -> None:
+    if database.kind != "postgres":
+        pytest.skip("a PostgreSQL backend is what can be killed under the pool")
+    engine = database.engine(pool_size=1, max_overflow=0)
+    store = EventStore(engine, key=KEY)
+    store.create_tables()
+    store.append("s", [NewEvent("E")], 0)
+    with engine.connect() as conn:  # the one pooled connection
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    killer = database.engine()
+    with killer.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        conn.commit()
+    killer.dispose()
+    with pytest.raises(ServiceUnavailable):
+        store.append("s", [NewEvent("E")], 1)
+    # The dead connection was discarded, not pooled again.
+    assert [e.version for e in store.append("s", [NewEvent("E")], 1)] == [2]
+    assert store.verify().ok
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_an_autocommit_engine_takes_the_regular_path(database: Database) -> None:
+    if database.kind != "postgres":
+        pytest.skip("psycopg's autocommit flag")
+    engine = database.engine(isolation_level="AUTOCOMMIT")
+    store = EventStore(engine, key=KEY)
+    store.create_tables()
+    assert store._driver.run(store._core.append([])) is False  # the driver declines
+    store.append("s", [NewEvent("E")], 0)
+    store.append("s", [NewEvent("E")], 1)
+    assert [e.position for e in store.read_all()] == [1, 2]
+    assert store.verify().ok
     engine.dispose()

@@ -7,8 +7,8 @@ append. This driver runs the same plan (:meth:`Core.append`, so one copy of the
 locking and chaining logic) with SQL written once per store and the driver's own
 cursor, keeping the pool (checkout, pre-ping, invalidation of a dead connection).
 
-It is used only where it changes nothing the caller can observe: the ``pysqlite``,
-``psycopg`` and ``psycopg2`` drivers, a connection that is not in autocommit mode,
+It is used only where it changes nothing the caller can observe: the ``pysqlite`` and
+``psycopg`` (3) drivers, a connection that is not in autocommit mode,
 and an engine with no statement or transaction listeners (tracing and auditing
 hooks keep seeing every append through the regular path).
 """
@@ -25,7 +25,7 @@ from gennet_toolkit.exceptions import ConcurrencyError, ServiceUnavailable
 
 __all__ = ["DriverAppend"]
 
-_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg"), ("postgresql", "psycopg2")}
+_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
 #: Engine events whose listeners must see the append's statements and transaction.
 _WATCHED = (
     "before_cursor_execute",
