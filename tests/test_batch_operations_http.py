@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -181,3 +185,51 @@ async def test_batch_delete_by_ids(processor: BatchProcessor) -> None:
         r = await c.post("/v1/genes:batchDelete", content=json.dumps({"ids": [1, 2]}))
     assert r.status_code == 207
     assert [e["status"] for e in r.json()["results"]] == [200, 404]
+
+
+def run_docs_example(page: str, driver: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the first Python block of ``docs/<page>``, then ``driver``, in a fresh process."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text(encoding="utf-8")
+    code = text.split("```python\n", 1)[1].split("\n```", 1)[0]
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code + "\n" + textwrap.dedent(driver)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_docs_example_answers_as_the_page_says(tmp_path: Path) -> None:
+    driver = """
+        import json
+        from starlette.testclient import TestClient
+        url = "/v1/genes:batchCreate"
+        body = [{"symbol": "lacZ"}, {"symbol": "lacZ"}, {"symbol": 7}]
+        with TestClient(app) as c:
+            partial = c.post(url + "?atomic=false", json=body)
+            atomic = c.post(url, json=[{"symbol": "lacY"}, {"symbol": "lacY"}, {"symbol": 7}])
+            big = c.post(url, json=[{"symbol": f"s{i}"} for i in range(1001)])
+            key = {"Idempotency-Key": "k1"}
+            once = c.post(url, json=[{"symbol": "a"}], headers=key)
+            again = c.post(url, json=[{"symbol": "a"}], headers=key)
+            reused = c.post(url, json=[{"symbol": "b"}], headers=key)
+        print(partial.status_code, json.dumps(partial.json(), sort_keys=True))
+        print(atomic.status_code, atomic.json()["outcome"])
+        print(big.status_code, big.headers["content-type"], big.json()["code"])
+        print(once.status_code, again.status_code, again.json()["replayed"])
+        print(reused.status_code, reused.json()["code"])
+    """
+    out = run_docs_example("batch_operations.md", driver, tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    page = (Path(__file__).resolve().parents[1] / "docs" / "batch_operations.md").read_text()
+    documented = json.loads(page.split("```json\n", 1)[1].split("\n```", 1)[0])
+    assert lines[0] == "207 " + json.dumps(documented, sort_keys=True)
+    assert lines[1:] == [
+        "409 rejected",
+        "413 application/problem+json too_many_items",
+        "200 200 True",
+        "409 idempotency_key_reused",
+    ]
