@@ -10,6 +10,9 @@ Suites:
   the research brief's sizing); the user holds the chain-top role of one chain, asks for
   a grant of the chain's bottom role (allowed) and for one of another chain (refused).
   casbin uses the plain RBAC model (exact matches, ``g(r.sub, p.sub)``).
+- ``rbac-middleware``: one GET ``/items/{item_id}`` through a 30-route Starlette app,
+  bare and behind ``RBACMiddleware`` with one rule per route (principal in
+  ``scope["user"]``); the difference is the per-request cost of route-level rules.
 - ``rbac-load-large``: building the enforcer from the 10,000-grant policy (ours:
   ``RBAC(roles=...)`` including cycle checks and compilation; casbin: model + CSV file).
 
@@ -22,13 +25,15 @@ casbin installed only our cases run.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from benchmarks._asgi import make_scope, request_driver, thirty_route_app
 from benchmarks._harness import QUICK, Suite
-from gennet_toolkit.rbac import DEFAULT_ROLES, RBAC, Role
+from gennet_toolkit.rbac import DEFAULT_ROLES, RBAC, Principal, RBACMiddleware, Role
 
 try:
     import casbin
@@ -122,6 +127,42 @@ def check_suite(
     return suite
 
 
+async def _status(app: Any, scope: dict[str, Any]) -> int:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(dict(scope), receive, send)
+    return int(sent[0]["status"])
+
+
+def middleware_suite(rbac: RBAC) -> Suite:
+    """A 30-route app, bare and behind RBACMiddleware with one rule per route."""
+    app = thirty_route_app()
+    rules: dict[str, Any] = {f"GET /r{i}/{{x}}": "network:read" for i in range(28)}
+    rules["GET /health"] = None
+    rules["GET /items/{item_id}"] = "interaction:read"
+    guarded = RBACMiddleware(app, rbac=rbac, rules=rules)
+    scope = make_scope("/items/42")
+    scope["user"] = Principal(id="alice", roles=["editor"])
+    assert asyncio.run(_status(guarded, scope)) == 200
+    assert asyncio.run(_status(guarded, make_scope("/items/42"))) == 401
+    suite = Suite(
+        "rbac-middleware",
+        description="One GET /items/{item_id} through a 30-route Starlette app; "
+        "RBACMiddleware holds one rule per route.",
+        baseline="bare app",
+    )
+    suite.add("bare app", request_driver(app, scope))
+    suite.add("RBACMiddleware", request_driver(guarded, scope))
+    suite.compare("RBACMiddleware", "bare app")
+    return suite
+
+
 def main() -> None:
     """Run the three suites."""
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -139,6 +180,8 @@ def main() -> None:
             user_role="editor",
             cases={"allowed": "interaction:read", "refused": "audit:read"},
         ).run()
+
+        middleware_suite(grn).run()
 
         roles = large_roles()
         top = f"role{DEPTH * 3 - 1}"  # the top of the third chain (role10..role14)

@@ -329,6 +329,8 @@ def test_asgi_scope_principal_is_found_in_state_then_user() -> None:
     assert rbac.is_allowed({**base, "user": SimpleNamespace(roles=["admin"])}, "audit:read")
     assert not rbac.is_allowed(base, "network:read")
     assert not rbac.is_allowed({**base, "state": {}}, "network:read")
+    assert rbac.is_allowed({"type": "websocket", "state": {"principal": "admin"}}, "audit:read")
+    assert not rbac.is_allowed({**base, "user": {**base, "roles": ["admin"]}}, "audit:read")
 
 
 def test_scopes_restrict_a_principal_to_their_intersection_with_its_roles() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
+from gennet_toolkit.rbac._roles import Role
+
 __all__ = ["Principal", "principal_from_scope", "resolve_principal"]
 
 
@@ -107,17 +109,17 @@ def resolve_principal(principal: Any) -> Resolved:
     if isinstance(principal, str):
         return principal, str(principal), (str(principal),), None
     if isinstance(principal, Mapping):
-        if principal.get("type") in ("http", "websocket") and "headers" in principal:
+        if principal.get("type") in ("http", "websocket"):
             found = principal_from_scope(principal)
-            if found is None or (isinstance(found, Mapping) and "headers" in found):
-                return _NOBODY
+            if found is None or (isinstance(found, Mapping) and "type" in found):
+                return _NOBODY  # no principal, or a scope nested in a scope
             return resolve_principal(found)
         # Claims, e.g. a decoded token: {"sub": ..., "roles": [...], "scopes": "..."}
         return _from_roles(principal, principal.get("roles"), principal.get("scopes"))
     if getattr(principal, "is_authenticated", True) is False:
         return _NOBODY
-    if hasattr(principal, "permissions") and hasattr(principal, "inherits"):
-        return principal, (principal.name,), (principal.name,), None  # a Role
+    if isinstance(principal, Role):
+        return principal, (principal.name,), (principal.name,), None
     return _from_roles(
         principal, getattr(principal, "roles", None), getattr(principal, "scopes", None)
     )
