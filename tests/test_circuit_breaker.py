@@ -750,3 +750,27 @@ async def test_docs_example_answers_503_once_the_breaker_opens() -> None:
     assert response.status_code == 503
     assert response.headers["retry-after"] == "30"
     assert response.json()["type"].endswith("circuit_open")
+
+
+def test_exclude_accepts_a_single_type_and_purgatory_style_pairs(clock: Clock) -> None:
+    single = make(clock, fail_max=1, exclude=KeyError)
+    fail(single, 2, KeyError)
+    assert single.state is State.CLOSED
+
+    class Status(Exception):
+        def __init__(self, code: int = 404) -> None:
+            self.code = code
+
+    def is_4xx(exc: BaseException) -> bool:
+        return isinstance(exc, Status) and exc.code < 500
+
+    paired = make(clock, fail_max=1, exclude=[(Status, is_4xx)])
+    fail(paired, 2, Status)  # 404: excluded
+    assert paired.state is State.CLOSED
+    with pytest.raises(Status):
+        paired.call(lambda: raise_instance(Status(503)))
+    assert paired.state is State.OPEN
+
+
+def raise_instance(exc: BaseException) -> None:
+    raise exc

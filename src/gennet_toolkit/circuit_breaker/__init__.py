@@ -19,11 +19,9 @@ While the breaker is open, calls raise
 
 from __future__ import annotations
 
-from gennet_toolkit.circuit_breaker._breaker import (
-    CircuitBreaker,
-    CircuitBreakerListener,
-    Exclude,
-)
+from gennet_toolkit.circuit_breaker._breaker import CircuitBreaker
+from gennet_toolkit.circuit_breaker._listener import CircuitBreakerListener
+from gennet_toolkit.circuit_breaker._options import Exclude
 from gennet_toolkit.circuit_breaker._state import State
 from gennet_toolkit.exceptions import CircuitOpenError
 

@@ -12,10 +12,19 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from gennet_toolkit._env import env_bool, env_float, env_int, env_str
 from gennet_toolkit.backends import Backend, from_url
+from gennet_toolkit.circuit_breaker._listener import CircuitBreakerListener
+from gennet_toolkit.circuit_breaker._options import (
+    Exclude,
+    backend_is_memory,
+    check,
+    is_count,
+    is_text,
+    parse_exclude,
+)
 from gennet_toolkit.circuit_breaker._state import (
     Admission,
     Policy,
@@ -28,17 +37,14 @@ from gennet_toolkit.circuit_breaker._state import (
     on_success,
 )
 from gennet_toolkit.circuit_breaker._stores import LocalStore, SharedStore
-from gennet_toolkit.exceptions import CircuitOpenError, ConfigurationError, ServiceUnavailable
+from gennet_toolkit.exceptions import CircuitOpenError, ServiceUnavailable
 
-__all__ = ["CircuitBreaker", "CircuitBreakerListener", "Exclude"]
+__all__ = ["CircuitBreaker"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("gennet_toolkit.circuit_breaker")
-
-#: What ``exclude=`` accepts: exception types, and predicates ``exc -> bool``.
-Exclude = type[BaseException] | Callable[[BaseException], bool]
 
 _CLOSED = State.CLOSED  # a module global: cheaper than the enum lookup on the hot path
 
@@ -47,27 +53,6 @@ _SUCCESS, _FAILURE, _NEUTRAL = 0, 1, 2
 
 # (store, generation, trial permit, failures seen at admission)
 _Token = tuple[LocalStore | SharedStore, int, bool, int]
-
-
-class CircuitBreakerListener:
-    """Override any of these hooks and pass the listener in ``listeners=``.
-
-    Hooks run in the process and the thread or task that made the call, after the
-    breaker's state is updated and outside any lock. A hook that raises is logged and
-    ignored: it never changes the outcome of the call.
-    """
-
-    def state_change(self, breaker: CircuitBreaker, old: State, new: State) -> None:
-        """The breaker changed state (in this process's doing)."""
-
-    def failure(self, breaker: CircuitBreaker, exc: BaseException) -> None:
-        """A protected call raised an error that counts as a failure."""
-
-    def success(self, breaker: CircuitBreaker) -> None:
-        """A protected call returned (or raised an excluded error)."""
-
-    def rejected(self, breaker: CircuitBreaker, retry_after: float) -> None:
-        """A call was refused with ``CircuitOpenError``."""
 
 
 class _Guard:
@@ -98,19 +83,6 @@ class _Guard:
         token, self._token = self._token, None
         if token is not None:
             await self._breaker._afinish(token, e)
-
-
-def _is_text(value: object) -> bool:
-    return isinstance(value, str) and bool(value)
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigurationError(message)
 
 
 class CircuitBreaker:
@@ -149,7 +121,7 @@ class CircuitBreaker:
         *,
         fail_max: int = 5,
         reset_timeout: float | timedelta = 30.0,
-        exclude: Iterable[Exclude] = (),
+        exclude: Exclude | Iterable[Exclude] = (),
         backend: str | Backend = "memory://",
         half_open_max_calls: int = 1,
         success_threshold: int = 1,
@@ -159,35 +131,27 @@ class CircuitBreaker:
         recheck_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        _check(_is_text(name), "name must be a non-empty string")
-        _check(_is_count(fail_max), "fail_max must be an integer >= 1")
+        check(is_text(name), "name must be a non-empty string")
+        check(is_count(fail_max), "fail_max must be an integer >= 1")
         if isinstance(reset_timeout, timedelta):
             reset_timeout = reset_timeout.total_seconds()
-        _check(0 < reset_timeout < math.inf, "reset_timeout must be > 0 seconds and finite")
-        _check(_is_count(half_open_max_calls), "half_open_max_calls must be an integer >= 1")
-        _check(_is_count(success_threshold), "success_threshold must be an integer >= 1")
-        _check(
+        check(0 < reset_timeout < math.inf, "reset_timeout must be > 0 seconds and finite")
+        check(is_count(half_open_max_calls), "half_open_max_calls must be an integer >= 1")
+        check(is_count(success_threshold), "success_threshold must be an integer >= 1")
+        check(
             failure_window is None or 0 < failure_window < math.inf,
             "failure_window must be None or > 0 seconds and finite",
         )
-        _check(recheck_interval >= 0, "recheck_interval must be >= 0 seconds")
-        types: list[type[BaseException]] = []
-        predicates: list[Callable[[BaseException], bool]] = []
-        for item in exclude:
-            if isinstance(item, type) and issubclass(item, BaseException):
-                types.append(item)
-            elif callable(item):
-                predicates.append(cast("Callable[[BaseException], bool]", item))
-            else:
-                raise ConfigurationError("exclude takes exception types or predicates")
+        check(recheck_interval >= 0, "recheck_interval must be >= 0 seconds")
+        types, predicates = parse_exclude(exclude)
         self.name = name
         self.fail_open = fail_open
         self.recheck_interval = recheck_interval
         self.policy = Policy(
             fail_max, float(reset_timeout), half_open_max_calls, success_threshold, failure_window
         )
-        self._exclude_types = tuple(types)
-        self._exclude_predicates = tuple(predicates)
+        self._exclude_types = types
+        self._exclude_predicates = predicates
         self._listeners: tuple[CircuitBreakerListener, ...] = tuple(listeners)
         self._clock = clock
         self._local = LocalStore(clock)
@@ -631,8 +595,3 @@ class CircuitBreaker:
     def half_open(self) -> None:
         """Put the breaker in half-open now: the next calls are trials."""
         self.set_state(State.HALF_OPEN)
-
-
-def backend_is_memory(url: str) -> bool:
-    """Whether ``url`` names the in-process backend."""
-    return url.split(":", 1)[0].lower() == "memory"
