@@ -30,7 +30,7 @@ from gennet_toolkit.circuit_breaker import (
     State,
 )
 from gennet_toolkit.error_handler import install_error_handlers
-from gennet_toolkit.exceptions import ConfigurationError
+from gennet_toolkit.exceptions import ConfigurationError, ServiceUnavailable
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "circuit_breaker.md"
 
@@ -774,3 +774,106 @@ def test_exclude_accepts_a_single_type_and_purgatory_style_pairs(clock: Clock) -
 
 def raise_instance(exc: BaseException) -> None:
     raise exc
+
+
+# --------------------------------------------------------------------------- backend policy
+
+
+class FlakyBackend(MemoryBackend):
+    """A memory backend whose async reads fail while ``down``; counts the attempts."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock=clock)
+        self.down = False
+        self.attempts = 0
+
+    async def get(self, key: str) -> bytes | None:
+        self.attempts += 1
+        if self.down:
+            raise ServiceUnavailable("down", retry_after=1)
+        return await super().get(key)
+
+
+@pytest.fixture
+def no_sync_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: MemoryBackend) -> Any:
+        pytest.fail("the async path used the blocking backend form")
+
+    monkeypatch.setattr(MemoryBackend, "sync", property(refuse))
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_sync_calls")
+async def test_the_async_path_never_uses_the_blocking_backend(clock: Clock) -> None:
+    breaker = make(clock, fail_max=1, backend=MemoryBackend(clock=clock))
+    assert await breaker.acall(_aok) == "ok"
+    with pytest.raises(Boom):
+        await breaker.acall(_araise)
+    assert await breaker.astate() is State.OPEN
+    clock.advance(30)
+    async with breaker:
+        pass
+    await breaker.aset_state("open")
+    with pytest.raises(CircuitOpenError):
+        await breaker.acall(_aok)
+
+
+@pytest.mark.anyio
+async def test_a_down_backend_is_tried_once_per_recheck_interval(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = FlakyBackend(clock)
+    breaker = make(clock, backend=backend, recheck_interval=10)
+    backend.down = True
+    for _ in range(20):
+        assert await breaker.acall(_aok) == "ok"
+    assert backend.attempts == 1  # the others used the in-process state at once
+    clock.advance(10)
+    for _ in range(5):
+        await breaker.acall(_aok)
+    assert backend.attempts == 2
+    backend.down = False
+    clock.advance(10)
+    await breaker.acall(_aok)
+    await breaker.acall(_aok)
+    assert backend.attempts == 4  # back on the shared state: one read per call
+    assert caplog.text.count("backend unavailable") == 1
+    assert caplog.text.count("backend available again") == 1
+
+
+@pytest.mark.anyio
+async def test_fail_closed_refuses_until_the_backend_returns(clock: Clock) -> None:
+    backend = FlakyBackend(clock)
+    breaker = make(clock, backend=backend, fail_open=False, recheck_interval=10)
+    backend.down = True
+    with pytest.raises(CircuitOpenError) as info:
+        await breaker.acall(_aok)
+    assert info.value.retry_after == 10
+    backend.down = False
+    with pytest.raises(CircuitOpenError):  # no recheck before the interval
+        await breaker.acall(_aok)
+    clock.advance(10)
+    assert await breaker.acall(_aok) == "ok"
+
+
+def test_a_late_failure_from_another_worker_does_not_extend_the_open_period(
+    clock: Clock,
+) -> None:
+    backend = MemoryBackend(clock=clock)
+    worker_a = make(clock, fail_max=1, backend=backend)
+    worker_b = make(clock, fail_max=1, backend=backend)
+    slow = worker_b.calling()
+    slow.__enter__()  # admitted while closed
+    fail(worker_a)  # opens at t
+    clock.advance(10)
+    slow.__exit__(Boom, Boom(), None)  # fails late: stale, must not reopen at t+10
+    with pytest.raises(CircuitOpenError) as info:
+        worker_a.call(ok)
+    assert info.value.retry_after == 20
+
+
+def test_from_env_per_breaker_variables_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENNET_CIRCUIT_BREAKER_FAIL_MAX", "7")
+    monkeypatch.setenv("GENNET_CIRCUIT_BREAKER_GENES_API_FAIL_MAX", "2")
+    assert CircuitBreaker.from_env("genes-api").policy.fail_max == 2
+    assert CircuitBreaker.from_env("other").policy.fail_max == 7

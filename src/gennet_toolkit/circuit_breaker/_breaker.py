@@ -6,6 +6,7 @@ import functools
 import inspect
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -182,12 +183,14 @@ class CircuitBreaker:
         """Configure from ``{prefix}CIRCUIT_BREAKER_*``: ``FAIL_MAX``, ``RESET_TIMEOUT``,
         ``HALF_OPEN_MAX_CALLS``, ``SUCCESS_THRESHOLD``, ``FAILURE_WINDOW``, ``FAIL_OPEN``,
         ``RECHECK_INTERVAL`` and ``BACKEND`` (else ``{prefix}BACKEND_URL``, else
-        ``memory://``). Keywords override the environment."""
-        p = prefix + "CIRCUIT_BREAKER_"
-        kwargs: dict[str, Any] = {
-            "backend": env_str(p + "BACKEND") or env_str(prefix + "BACKEND_URL") or "memory://"
-        }
+        ``memory://``). ``{prefix}CIRCUIT_BREAKER_<NAME>_<OPTION>`` (the name upper-cased,
+        other characters than letters and digits as ``_``) wins for one breaker.
+        Keywords override the environment."""
+        general = prefix + "CIRCUIT_BREAKER_"
+        own = general + re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_"
+        kwargs: dict[str, Any] = {}
         for key, reader in (
+            ("backend", env_str),
             ("fail_max", env_int),
             ("half_open_max_calls", env_int),
             ("success_threshold", env_int),
@@ -196,9 +199,12 @@ class CircuitBreaker:
             ("recheck_interval", env_float),
             ("fail_open", env_bool),
         ):
-            value = reader(p + key.upper())
+            value = reader(own + key.upper())
+            if value is None:
+                value = reader(general + key.upper())
             if value is not None:
                 kwargs[key] = value
+        kwargs.setdefault("backend", env_str(prefix + "BACKEND_URL") or "memory://")
         kwargs.update(overrides)
         return cls(name, **kwargs)
 
