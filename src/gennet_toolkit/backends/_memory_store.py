@@ -282,15 +282,17 @@ class MemoryStore(SyncBackend):
         self, algorithm: str, key: str, limits: Limits, cost: int = 1
     ) -> tuple[RateLimitResult, ...]:
         """See :meth:`Backend.rate_limits`."""
-        pairs = limits_key(limits)
+        pairs = limits if type(limits) is tuple else limits_key(limits)
         short, tags = plan_limits(algorithm, pairs, cost)
         step = _STEPS[short]
+        if len(pairs) == 1:  # most rules: nothing to coordinate
+            (limit, period), (tag,) = pairs[0], tags
+            k = f"{self.prefix}rl:{short}:{{{key}}}:{tag}"
+            with self._lock:
+                return (step(self, k, limit, period, cost, self._clock(), write=True),)
         base = f"{self.prefix}rl:{short}:{{{key}}}:"
         with self._lock:
             now = self._clock()
-            if len(pairs) == 1:  # most rules: nothing to coordinate
-                (limit, period), (tag,) = pairs[0], tags
-                return (step(self, base + tag, limit, period, cost, now, write=True),)
             keys = [base + tag for tag in tags]
             # All or nothing: a dry run of every limit first, then spend on all of them
             # (same state, same clock: the same decisions) or on none.
