@@ -8,8 +8,9 @@ Suites:
 - ``circuit_breaker-async-memory``: the same for a trivial coroutine: ours (decorator,
   ``async with``), aiobreaker's decorator, purgatory's ``AsyncCircuitBreakerFactory``.
 - ``circuit_breaker-redis``: the same with the state on local Redis: ours sync and
-  async, pybreaker's ``CircuitRedisStorage``, purgatory's ``AsyncRedisUnitOfWork`` (its
-  sync twin fails with redis-py 8, so it has no row).
+  async, ours with ``cache_ttl=0.5`` (a closed breaker skips the read for 0.5 s),
+  pybreaker's ``CircuitRedisStorage``, purgatory's ``AsyncRedisUnitOfWork`` (its sync
+  twin fails with redis-py 8, so it has no row).
 
 Notes under the tables record behaviour, not speed: how many of 50 concurrent callers
 reach a still-failing dependency once the open period ends (half-open discipline), and
@@ -221,6 +222,7 @@ def redis_suite() -> None:
     ours = CircuitBreaker("bench", backend=backend)
     ours_fn = ours(work)
     ours_afn = ours(awork)
+    cached_fn = CircuitBreaker("bench-cached", backend=backend, cache_ttl=0.5)(work)
     client = redis.Redis.from_url(REDIS_URL)
     storage = pybreaker.CircuitRedisStorage(
         pybreaker.STATE_CLOSED, client, namespace=PREFIX + "pybreaker"
@@ -244,9 +246,11 @@ def redis_suite() -> None:
     )
     suite.add("ours sync", lambda: ours_fn(1))
     suite.add("ours async", ours_async)
+    suite.add("ours sync, cache_ttl=0.5", lambda: cached_fn(1))
     suite.add("pybreaker redis storage", lambda: pyb_fn(1))
     suite.add("purgatory async", purg_async)
     suite.compare("ours sync", "pybreaker redis storage")
+    suite.compare("ours sync, cache_ttl=0.5", "pybreaker redis storage")
     suite.compare("ours async", "purgatory async")
     suite.note(
         "purgatory sync on Redis: n/a (3.0.1's SyncRedisUnitOfWork calls redis.asyncio "

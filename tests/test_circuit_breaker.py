@@ -877,3 +877,26 @@ def test_from_env_per_breaker_variables_win(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("GENNET_CIRCUIT_BREAKER_GENES_API_FAIL_MAX", "2")
     assert CircuitBreaker.from_env("genes-api").policy.fail_max == 2
     assert CircuitBreaker.from_env("other").policy.fail_max == 7
+
+
+@pytest.mark.anyio
+async def test_cache_ttl_skips_shared_reads_while_closed_and_bounds_staleness(
+    clock: Clock,
+) -> None:
+    backend = FlakyBackend(clock)
+    cached = make(clock, fail_max=1, backend=backend, cache_ttl=2)
+    other = make(clock, fail_max=1, backend=backend)
+    for _ in range(10):
+        await cached.acall(_aok)
+    assert backend.attempts == 1
+    with pytest.raises(Boom):
+        await other.acall(_araise)  # another worker opens the shared breaker
+    await cached.acall(_aok)  # still inside its cache_ttl: not seen yet
+    clock.advance(2)
+    with pytest.raises(CircuitOpenError):
+        await cached.acall(_aok)
+    clock.advance(30)
+    before = backend.attempts
+    await cached.acall(_aok)  # half-open trials always go to the shared state
+    assert backend.attempts > before
+    assert await other.astate() is State.CLOSED

@@ -112,6 +112,9 @@ class CircuitBreaker:
     fails, ``fail_open=True`` goes on with state kept in this process, and
     ``fail_open=False`` refuses calls; either way one warning is logged per
     incident, and the backend is tried again every ``recheck_interval`` seconds.
+    ``cache_ttl`` (default 0: read the shared state on every call) lets a closed
+    breaker skip that read for a while: fewer round trips, but an opening by another
+    process is seen up to ``cache_ttl`` seconds late.
     ``clock`` (default ``time.time``: wall time, comparable between hosts) is
     injectable for tests.
     """
@@ -130,6 +133,7 @@ class CircuitBreaker:
         listeners: Iterable[CircuitBreakerListener] = (),
         fail_open: bool = True,
         recheck_interval: float = 5.0,
+        cache_ttl: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         check(is_text(name), "name must be a non-empty string")
@@ -144,10 +148,13 @@ class CircuitBreaker:
             "failure_window must be None or > 0 seconds and finite",
         )
         check(recheck_interval >= 0, "recheck_interval must be >= 0 seconds")
+        check(0 <= cache_ttl < math.inf, "cache_ttl must be >= 0 seconds and finite")
         types, predicates = parse_exclude(exclude)
         self.name = name
         self.fail_open = fail_open
         self.recheck_interval = recheck_interval
+        self._cache_ttl = cache_ttl
+        self._fresh_until = 0.0
         self.policy = Policy(
             fail_max, float(reset_timeout), half_open_max_calls, success_threshold, failure_window
         )
@@ -182,7 +189,7 @@ class CircuitBreaker:
     def from_env(cls, name: str, prefix: str = "GENNET_", **overrides: Any) -> CircuitBreaker:
         """Configure from ``{prefix}CIRCUIT_BREAKER_*``: ``FAIL_MAX``, ``RESET_TIMEOUT``,
         ``HALF_OPEN_MAX_CALLS``, ``SUCCESS_THRESHOLD``, ``FAILURE_WINDOW``, ``FAIL_OPEN``,
-        ``RECHECK_INTERVAL`` and ``BACKEND`` (else ``{prefix}BACKEND_URL``, else
+        ``RECHECK_INTERVAL``, ``CACHE_TTL`` and ``BACKEND`` (else ``{prefix}BACKEND_URL``, else
         ``memory://``). ``{prefix}CIRCUIT_BREAKER_<NAME>_<OPTION>`` (the name upper-cased,
         other characters than letters and digits as ``_``) wins for one breaker.
         Keywords override the environment."""
@@ -197,6 +204,7 @@ class CircuitBreaker:
             ("reset_timeout", env_float),
             ("failure_window", env_float),
             ("recheck_interval", env_float),
+            ("cache_ttl", env_float),
             ("fail_open", env_bool),
         ):
             value = reader(own + key.upper())
@@ -260,6 +268,7 @@ class CircuitBreaker:
 
     def _store_unavailable(self, exc: ServiceUnavailable) -> None:
         self._recheck_at = self._clock() + self.recheck_interval
+        self._fresh_until = 0.0
         with self._incident_lock:  # once per incident, even with many threads failing
             if self._incident:
                 return
@@ -282,6 +291,8 @@ class CircuitBreaker:
         # The in-process fallback starts from the last shared state seen, so an outage
         # neither closes an open breaker nor forgets counted failures.
         self._local.record = old if new is None else new
+        if self._cache_ttl:
+            self._fresh_until = self._clock() + self._cache_ttl
         if self._incident:
             self._store_recovered()
 
@@ -326,6 +337,10 @@ class CircuitBreaker:
             if rec.state is _CLOSED:
                 return store, rec.gen, False, rec.failures
             return self._admitted(store, *store.apply(self._admit_fn))
+        if self._cache_ttl:
+            rec = self._local.record
+            if rec.state is _CLOSED and self._clock() < self._fresh_until:
+                return shared, rec.gen, False, rec.failures
         try:
             result = shared.apply(self._admit_fn)
         except ServiceUnavailable as exc:
@@ -342,6 +357,10 @@ class CircuitBreaker:
             if rec.state is _CLOSED:
                 return store, rec.gen, False, rec.failures
             return self._admitted(store, *store.apply(self._admit_fn))
+        if self._cache_ttl:
+            rec = self._local.record
+            if rec.state is _CLOSED and self._clock() < self._fresh_until:
+                return shared, rec.gen, False, rec.failures
         try:
             result = await shared.aapply(self._admit_fn)
         except ServiceUnavailable as exc:
