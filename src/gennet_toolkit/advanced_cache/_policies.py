@@ -1,0 +1,630 @@
+"""Bounded in-memory caches: the shared base, LRU, FIFO and LFU.
+
+Every public operation takes the cache's one ``threading.Lock`` for its whole
+read-modify-write, so ``pop``, ``setdefault``, ``popitem`` and ``get`` are atomic and
+the structure stays consistent under threads. User callbacks (``getsizeof``,
+``__missing__``) run outside the lock, so they may use the cache themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Generic, Self, TypeVar, overload
+
+from gennet_toolkit._env import env_int
+from gennet_toolkit.exceptions import ConfigurationError
+
+__all__ = ["CacheStats", "FIFOCache", "LFUCache", "LRUCache", "BaseCache"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+D = TypeVar("D")
+
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """A snapshot of a cache's counters (since creation or the last ``reset_stats``)."""
+
+    hits: int
+    misses: int
+    evictions: int
+    expirations: int
+    currsize: int
+    maxsize: int
+
+    @property
+    def hit_ratio(self) -> float:
+        """``hits / (hits + misses)``; 0.0 before the first lookup."""
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The counters and ``hit_ratio`` as a plain dict (for logs and JSON)."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_ratio": self.hit_ratio,
+            "evictions": self.evictions,
+            "expirations": self.expirations,
+            "currsize": self.currsize,
+            "maxsize": self.maxsize,
+        }
+
+
+def _check_maxsize(maxsize: object) -> int:
+    if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
+        raise ConfigurationError("maxsize must be an integer >= 0")
+    return maxsize
+
+
+class BaseCache(MutableMapping[K, V], Generic[K, V]):
+    """What every policy shares: ``maxsize``, optional weights, stats and the lock.
+
+    ``getsizeof(value) -> int`` weighs items (default: every item weighs 1, so
+    ``currsize == len(cache)``); ``maxsize`` bounds the total weight. An item heavier
+    than ``maxsize`` raises ``ValueError`` and leaves the cache unchanged.
+    """
+
+    def __init__(self, maxsize: int, *, getsizeof: Callable[[V], int] | None = None) -> None:
+        self._maxsize = _check_maxsize(maxsize)
+        self._getsizeof = getsizeof
+        # Weights are tracked only when getsizeof is given, to keep the default path lean.
+        self._sizes: dict[K, int] | None = {} if getsizeof is not None else None
+        self._weight = 0
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        self._evictions = 0
+        self._expirations = 0
+
+    # -- helpers called with the lock held ------------------------------------------------
+
+    def _size(self, value: V) -> int:
+        if self._getsizeof is None:
+            size = 1
+        else:
+            weight: object = self._getsizeof(value)
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+                raise ValueError("getsizeof must return an integer >= 0")
+            size = weight
+        if size > self._maxsize:
+            raise ValueError("value too large for this cache's maxsize")
+        return size
+
+    def _used(self) -> int:
+        return self._weight if self._sizes is not None else self._count()
+
+    def _forget_size(self, key: K) -> None:
+        if self._sizes is not None:
+            self._weight -= self._sizes.pop(key)
+
+    def _note_size(self, key: K, size: int) -> None:
+        if self._sizes is not None:
+            self._sizes[key] = size
+            self._weight += size
+
+    # -- public -----------------------------------------------------------------------
+
+    @property
+    def maxsize(self) -> int:
+        """The capacity: the largest total weight the cache holds."""
+        return self._maxsize
+
+    @property
+    def currsize(self) -> int:
+        """The current total weight (the number of items without ``getsizeof``)."""
+        with self._lock:
+            self._before_read()
+            return self._used()
+
+    def peek(self, key: K, default: Any = None) -> Any:
+        """The value at ``key`` without counting a use or a hit; ``default`` if absent."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_env(cls, prefix: str = "GENNET_", **overrides: Any) -> Self:
+        """Build from ``{prefix}CACHE_MAXSIZE`` (default 1024) and, for TTLCache,
+        ``{prefix}CACHE_TTL`` (default 300 s); ``overrides`` win."""
+        overrides.setdefault("maxsize", env_int(prefix + "CACHE_MAXSIZE", 1024))
+        return cls(**overrides)
+
+    def __missing__(self, key: K) -> V:
+        """Called (outside the lock) on a miss by ``cache[key]``; raises ``KeyError``."""
+        raise KeyError(key)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(maxsize={self._maxsize}, currsize={self.currsize})"
+
+    @overload
+    def pop(self, key: K) -> V: ...
+    @overload
+    def pop(self, key: K, default: V) -> V: ...
+    @overload
+    def pop(self, key: K, default: D) -> V | D: ...
+    def pop(self, key: K, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value (atomic); ``default`` or ``KeyError`` if absent."""
+        with self._lock:
+            value = self._remove(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return value
+
+    def __delitem__(self, key: K) -> None:
+        with self._lock:
+            value = self._remove(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+
+    def setdefault(self, key: K, default: V = None) -> V:  # type: ignore[assignment]
+        """The value at ``key``; if absent, store ``default`` and return it (atomic)."""
+        size = self._size(default)
+        with self._lock:
+            value = self._lookup(key)
+            if value is not _MISSING:
+                self._hits += 1
+                return value  # type: ignore[no-any-return]
+            self._misses += 1
+            self._store(key, default, size)
+            return default
+
+    def popitem(self) -> tuple[K, V]:
+        """Remove and return the item the policy would evict next; ``KeyError`` if empty."""
+        with self._lock:
+            self._before_read()
+            item = self._victim()
+        if item is None:
+            raise KeyError(f"{type(self).__name__} is empty")
+        return item
+
+    def stats(self) -> CacheStats:
+        """Hits, misses, evictions, expirations, ``currsize`` and ``maxsize``, atomically."""
+        with self._lock:
+            self._before_read()
+            return CacheStats(
+                hits=self._hits,
+                misses=self._misses,
+                evictions=self._evictions,
+                expirations=self._expirations,
+                currsize=self._used(),
+                maxsize=self._maxsize,
+            )
+
+    def reset_stats(self) -> None:
+        """Zero the hit, miss, eviction and expiration counters."""
+        with self._lock:
+            self._hits = self._misses = self._evictions = self._expirations = 0
+
+    def clear(self) -> None:
+        """Remove every item (not counted as evictions)."""
+        with self._lock:
+            self._clear()
+            if self._sizes is not None:
+                self._sizes.clear()
+                self._weight = 0
+
+    def __iter__(self) -> Iterator[K]:
+        # A snapshot: iterating while other threads write never raises.
+        with self._lock:
+            self._before_read()
+            keys = list(self._keys())
+        return iter(keys)
+
+    # -- policy hooks (lock held) -------------------------------------------------------
+
+    def _before_read(self) -> None:
+        """Bring the structure up to date before it is reported (TTL: drop expired)."""
+
+    def _lookup(self, key: K) -> Any:
+        """The value at ``key`` counted as a use, or ``_MISSING``."""
+        raise NotImplementedError
+
+    def _store(self, key: K, value: V, size: int) -> None:
+        raise NotImplementedError
+
+    def _remove(self, key: K, default: Any) -> Any:
+        raise NotImplementedError
+
+    def _victim(self) -> tuple[K, V] | None:
+        """Remove and return the next item to evict, or ``None`` when empty."""
+        raise NotImplementedError
+
+    def _keys(self) -> Iterator[K]:
+        raise NotImplementedError
+
+    def _count(self) -> int:
+        raise NotImplementedError
+
+    def _clear(self) -> None:
+        raise NotImplementedError
+
+    def _make_room(self, size: int) -> None:
+        # Called after the replaced key (if any) is gone, so it is never its own victim.
+        if self._sizes is None:
+            while self._count() + size > self._maxsize:
+                self._victim()
+                self._evictions += 1
+        else:
+            while self._weight + size > self._maxsize:
+                self._victim()
+                self._evictions += 1
+
+
+class _OrderedCache(BaseCache[K, V]):
+    """Items in one ``OrderedDict``: oldest first; set moves a key to the end."""
+
+    def __init__(self, maxsize: int, *, getsizeof: Callable[[V], int] | None = None) -> None:
+        super().__init__(maxsize, getsizeof=getsizeof)
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _count(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        # Membership is not a use: it changes neither order nor stats.
+        return key in self._data
+
+    def __setitem__(self, key: K, value: V) -> None:
+        if self._sizes is not None or self._maxsize == 0:
+            size = self._size(value)
+            with self._lock:
+                self._store(key, value, size)
+            return
+        # Unweighted fast path, inlined: this is the set-and-evict hot loop.
+        with self._lock:
+            data = self._data
+            if key in data:
+                data[key] = value
+                data.move_to_end(key)
+                return
+            if len(data) >= self._maxsize:
+                data.popitem(last=False)
+                self._evictions += 1
+            data[key] = value
+
+    def _store(self, key: K, value: V, size: int) -> None:
+        data = self._data
+        if key in data:
+            self._forget_size(key)
+            del data[key]
+        self._make_room(size)
+        data[key] = value
+        self._note_size(key, size)
+
+    def _remove(self, key: K, default: Any) -> Any:
+        value = self._data.pop(key, _MISSING)
+        if value is _MISSING:
+            return default
+        self._forget_size(key)
+        return value
+
+    def _victim(self) -> tuple[K, V] | None:
+        if not self._data:
+            return None
+        key, value = self._data.popitem(last=False)
+        self._forget_size(key)
+        return key, value
+
+    def _keys(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def _clear(self) -> None:
+        self._data.clear()
+
+    def peek(self, key: K, default: Any = None) -> Any:
+        """The value at ``key`` without counting a use or a hit; ``default`` if absent."""
+        return self._data.get(key, default)
+
+
+class LRUCache(_OrderedCache[K, V]):
+    """Evicts the least recently used item; a read or a write is a use.
+
+    ``cache[key]`` and ``cache.get(key)`` move the key to the most-recent end;
+    ``key in cache`` and ``peek`` do not. Every operation is O(1).
+    """
+
+    # Reads take no lock: OrderedDict.get and move_to_end are each atomic C calls, and a
+    # key deleted between them by another thread is simply not moved. Writes lock.
+    def __getitem__(self, key: K) -> V:
+        data = self._data
+        try:  # try blocks cost nothing until they catch (3.11+); a subscript beats .get
+            value = data[key]
+            data.move_to_end(key)
+        except KeyError:
+            if key in data:  # deleted and re-set between the two calls: still a hit
+                return self.__getitem__(key)
+            self._misses += 1
+            return self.__missing__(key)
+        self._hits += 1
+        return value
+
+    @overload
+    def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V) -> V: ...
+    @overload
+    def get(self, key: K, default: D) -> V | D: ...
+    def get(self, key: K, default: Any = None) -> Any:
+        """The value at ``key`` (a use and a hit), or ``default`` (a miss)."""
+        data = self._data
+        value = data.get(key, _MISSING)
+        if value is not _MISSING:
+            try:  # noqa: SIM105 - contextlib.suppress costs more than the hit itself
+                data.move_to_end(key)
+            except KeyError:
+                pass
+            self._hits += 1
+            return value
+        self._misses += 1
+        return default
+
+    def _lookup(self, key: K) -> Any:
+        value = self._data.get(key, _MISSING)
+        if value is not _MISSING:
+            self._data.move_to_end(key)
+        return value
+
+
+class FIFOCache(_OrderedCache[K, V]):
+    """Evicts the item stored (inserted or replaced) longest ago; reads change nothing.
+
+    Same order as ``cachetools.FIFOCache``: replacing a value moves the key to the
+    newest end. Every operation is O(1).
+    """
+
+    def __getitem__(self, key: K) -> V:
+        try:
+            value = self._data[key]  # one atomic C call: no lock needed
+        except KeyError:
+            self._misses += 1
+            return self.__missing__(key)
+        self._hits += 1
+        return value
+
+    @overload
+    def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V) -> V: ...
+    @overload
+    def get(self, key: K, default: D) -> V | D: ...
+    def get(self, key: K, default: Any = None) -> Any:
+        """The value at ``key`` (a hit), or ``default`` (a miss)."""
+        value = self._data.get(key, _MISSING)
+        if value is not _MISSING:
+            self._hits += 1
+            return value
+        self._misses += 1
+        return default
+
+    def _lookup(self, key: K) -> Any:
+        return self._data.get(key, _MISSING)
+
+
+class _Bucket:
+    """One use count and the keys that have it, oldest first (a node of a ring)."""
+
+    __slots__ = ("count", "keys", "next", "prev")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        # OrderedDict, not dict: popping a dict's first key repeatedly degrades to O(n)
+        # (deleted slots are scanned), OrderedDict.popitem(last=False) stays O(1).
+        self.keys: OrderedDict[Any, None] = OrderedDict()
+        self.next: _Bucket = self
+        self.prev: _Bucket = self
+
+    def insert_after(self, node: _Bucket) -> None:
+        self.prev = node
+        self.next = node.next
+        node.next.prev = self
+        node.next = self
+
+    def unlink(self) -> None:
+        self.prev.next = self.next
+        self.next.prev = self.prev
+
+
+class LFUCache(BaseCache[K, V]):
+    """Evicts the least frequently used item; ties go to the one at that count longest.
+
+    Use counts live in a ring of buckets ordered by count (one bucket per distinct
+    count), so a use moves a key to the neighbouring bucket and eviction pops the
+    lowest bucket's oldest key: O(1) each, no heap and no scan. A read or a write is
+    a use; a new key starts at count 1.
+    """
+
+    def __init__(self, maxsize: int, *, getsizeof: Callable[[V], int] | None = None) -> None:
+        super().__init__(maxsize, getsizeof=getsizeof)
+        self._data: dict[K, V] = {}
+        self._node: dict[K, _Bucket] = {}
+        self._root = _Bucket(0)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _count(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def _touch(self, key: K) -> None:
+        node = self._node[key]
+        nxt = node.next
+        if nxt.count != node.count + 1:
+            if len(node.keys) == 1:
+                # Sole key at this count: bump the bucket itself, nothing moves.
+                node.count += 1
+                return
+            nxt = _Bucket(node.count + 1)
+            nxt.insert_after(node)
+        del node.keys[key]
+        nxt.keys[key] = None
+        self._node[key] = nxt
+        if not node.keys:
+            node.unlink()
+
+    def __getitem__(self, key: K) -> V:
+        with self._lock:
+            value = self._data.get(key, _MISSING)
+            if value is not _MISSING:
+                # _touch, inlined: this is the LFU hit path.
+                node = self._node[key]
+                nxt = node.next
+                count = node.count + 1
+                if nxt.count != count:
+                    if len(node.keys) == 1:
+                        node.count = count
+                        self._hits += 1
+                        return value  # type: ignore[no-any-return]
+                    nxt = _Bucket(count)
+                    nxt.insert_after(node)
+                keys = node.keys
+                del keys[key]
+                nxt.keys[key] = None
+                self._node[key] = nxt
+                if not keys:
+                    node.unlink()
+                self._hits += 1
+                return value  # type: ignore[no-any-return]
+            self._misses += 1
+        return self.__missing__(key)
+
+    @overload
+    def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V) -> V: ...
+    @overload
+    def get(self, key: K, default: D) -> V | D: ...
+    def get(self, key: K, default: Any = None) -> Any:
+        """The value at ``key`` (a use and a hit), or ``default`` (a miss)."""
+        with self._lock:
+            value = self._data.get(key, _MISSING)
+            if value is not _MISSING:
+                self._touch(key)
+                self._hits += 1
+                return value
+            self._misses += 1
+            return default
+
+    def __setitem__(self, key: K, value: V) -> None:
+        if self._sizes is not None or self._maxsize == 0:
+            size = self._size(value)
+            with self._lock:
+                self._store(key, value, size)
+            return
+        with self._lock:
+            data = self._data
+            if key in data:
+                data[key] = value
+                self._touch(key)
+                return
+            root = self._root
+            if len(data) >= self._maxsize:
+                low = root.next
+                old, _ = low.keys.popitem(last=False)
+                if not low.keys:
+                    low.unlink()
+                del self._node[old]
+                del data[old]
+                self._evictions += 1
+            node = root.next
+            if node.count != 1:
+                node = _Bucket(1)
+                node.insert_after(root)
+            node.keys[key] = None
+            self._node[key] = node
+            data[key] = value
+
+    def use_count(self, key: K) -> int:
+        """How many times ``key`` was used (0 if absent); not itself a use."""
+        with self._lock:
+            node = self._node.get(key)
+            return node.count if node is not None else 0
+
+    def peek(self, key: K, default: Any = None) -> Any:
+        """The value at ``key`` without counting a use or a hit; ``default`` if absent."""
+        return self._data.get(key, default)
+
+    def _lookup(self, key: K) -> Any:
+        value = self._data.get(key, _MISSING)
+        if value is not _MISSING:
+            self._touch(key)
+        return value
+
+    def _store(self, key: K, value: V, size: int) -> None:
+        if key in self._data:
+            self._forget_size(key)
+            if self._sizes is not None and self._weight + size > self._maxsize:
+                # A heavier replacement may need room; the key itself must not be evicted.
+                old = self._data.pop(key)
+                node = self._node.pop(key)
+                count = node.count
+                del node.keys[key]
+                if not node.keys:
+                    node.unlink()
+                del old
+                self._make_room(size)
+                self._insert(key, value, count + 1)
+            else:
+                self._data[key] = value
+                self._touch(key)
+            self._note_size(key, size)
+            return
+        self._make_room(size)
+        self._insert(key, value, 1)
+        self._note_size(key, size)
+
+    def _insert(self, key: K, value: V, count: int) -> None:
+        # Only count 1 (a new key) is O(1); a re-inserted heavy key walks to its count,
+        # which is rare (weighted caches replacing a value by a heavier one).
+        node = self._root
+        while node.next is not self._root and node.next.count <= count:
+            node = node.next
+        if node is self._root or node.count != count:
+            bucket = _Bucket(count)
+            bucket.insert_after(node)
+            node = bucket
+        node.keys[key] = None
+        self._node[key] = node
+        self._data[key] = value
+
+    def _remove(self, key: K, default: Any) -> Any:
+        value = self._data.pop(key, _MISSING)
+        if value is _MISSING:
+            return default
+        node = self._node.pop(key)
+        del node.keys[key]
+        if not node.keys:
+            node.unlink()
+        self._forget_size(key)
+        return value
+
+    def _victim(self) -> tuple[K, V] | None:
+        node = self._root.next
+        if node is self._root:
+            return None
+        key, _ = node.keys.popitem(last=False)
+        if not node.keys:
+            node.unlink()
+        del self._node[key]
+        value = self._data.pop(key)
+        self._forget_size(key)
+        return key, value
+
+    def _keys(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def _clear(self) -> None:
+        self._data.clear()
+        self._node.clear()
+        self._root.next = self._root.prev = self._root
