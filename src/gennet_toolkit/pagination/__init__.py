@@ -8,7 +8,9 @@
   Relay ``page_info`` and an RFC 8288 ``Link`` header (:func:`link_header`);
 - cursors are versioned, bound to the sort and the filter fingerprint and HMAC-signed
   when a secret is set: a malformed, tampered, foreign, stale or expired cursor is an
-  :class:`InvalidCursor` (400 problem+json), never a 500.
+  :class:`InvalidCursor` (400 problem+json), never a 500;
+- client sorts (``sort="-created_at,name"``) may name only the declared ``sortable``
+  keys (:class:`InvalidSort`, 400), so hidden columns are never sort oracles.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from gennet_toolkit.pagination._cursor import (
     InvalidCursor,
     query_hash,
 )
-from gennet_toolkit.pagination._paginator import CursorPaginator, InvalidPageSize, Page, link_header
+from gennet_toolkit.pagination._paginator import (
+    CursorPaginator,
+    InvalidPageSize,
+    InvalidSort,
+    Page,
+    link_header,
+)
 
 __all__ = [
     "CURSOR_VERSION",
@@ -29,6 +37,7 @@ __all__ = [
     "CursorPaginator",
     "InvalidCursor",
     "InvalidPageSize",
+    "InvalidSort",
     "Page",
     "link_header",
     "query_hash",

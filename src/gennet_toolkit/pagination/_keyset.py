@@ -14,7 +14,8 @@ from sqlalchemy.sql.elements import ColumnElement, Label, UnaryExpression
 from sqlalchemy.sql.selectable import FromClause, Join
 from sqlalchemy.types import DateTime
 
-from gennet_toolkit.exceptions import BadRequest, ConfigurationError
+from gennet_toolkit.exceptions import ConfigurationError
+from gennet_toolkit.pagination._paginator import InvalidSort
 
 __all__ = ["OrderSpec", "SortKey", "keyset_predicate", "resolve_keys", "spec_text"]
 
@@ -80,10 +81,8 @@ def _unwrap(item: OrderSpec, stmt: Select[Any]) -> tuple[ColumnElement[Any], boo
             descending, name = name[0] == "-", name[1:]
         col = stmt.selected_columns.get(name) if name else None
         if col is None:
-            # Sort names often come from clients: a 400, without echoing the name.
-            raise BadRequest(
-                "The sort parameter names a field that cannot be sorted on.", code="invalid_sort"
-            )
+            # A 400 without echoing the name (client sorts are allowlisted before this).
+            raise InvalidSort()
         expr: Any = col
     else:
         expr = item.__clause_element__() if hasattr(item, "__clause_element__") else item

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -18,10 +18,11 @@ if TYPE_CHECKING:
 
     from gennet_toolkit.pagination._keyset import SortKey
 
-__all__ = ["CursorPaginator", "InvalidPageSize", "Page", "link_header"]
+__all__ = ["CursorPaginator", "InvalidPageSize", "InvalidSort", "Page", "link_header"]
 
 T = TypeVar("T")
 _DIGITS = re.compile(r"[0-9]{1,9}")
+_MAX_SORT_TEXT = 1024  # longer sort text is refused before it is split
 
 
 class InvalidPageSize(BadRequest):
@@ -29,6 +30,18 @@ class InvalidPageSize(BadRequest):
 
     code = "invalid_page_size"
     title = "Invalid page size"
+
+
+class InvalidSort(BadRequest):
+    """A sort names a field that is not sortable, twice, or is malformed (400).
+
+    The submitted text is never echoed: a sort on a hidden column must not become an
+    oracle, and the answer must not reflect client input.
+    """
+
+    code = "invalid_sort"
+    title = "Invalid sort"
+    default_detail = "The sort parameter names a field that cannot be sorted on."
 
 
 @dataclass(slots=True)
@@ -144,6 +157,23 @@ def _positions(stmt: Any, keys: Sequence[SortKey], width: int) -> tuple[int, ...
     return tuple(out)
 
 
+def _sortable_map(sortable: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``sortable`` as public name -> sort target (a selected column's name or a column)."""
+    if sortable is None:
+        return None
+    if isinstance(sortable, str | bytes):
+        raise ConfigurationError('sortable= takes a collection of names: {"name", ...}')
+    pairs = list(sortable.items()) if isinstance(sortable, Mapping) else [(n, n) for n in sortable]
+    out: dict[str, Any] = {}
+    for name, target in pairs:
+        if not isinstance(name, str) or not name or name[:1] in "-+" or "," in name:
+            raise ConfigurationError(f"bad sortable name {name!r}: a non-empty plain name")
+        if name != name.strip():
+            raise ConfigurationError(f"bad sortable name {name!r}: surrounding whitespace")
+        out[name] = target
+    return out
+
+
 def _dialect_name(session: Any) -> str:
     bind = session.get_bind() if hasattr(session, "get_bind") else session
     dialect = getattr(bind, "dialect", None)
@@ -160,6 +190,14 @@ class CursorPaginator:
     Cursors are signed with ``secret`` (a list rotates keys) or, with ``encrypt=True``,
     sealed with AES-GCM so sort-key values stay unreadable; they expire after ``max_age``
     seconds when set and are bound to ``name``, the sort and the filter ``fingerprint``.
+
+    ``sortable`` is the allowlist for sorts that may come from a client: a per-call
+    ``sort="-created_at,name"`` (or string names in a per-call ``order_by``) may name only
+    these keys, anything else is a 400 :class:`InvalidSort`; a set of selected column
+    names, or a mapping from public name to a column or SQL expression. Without it,
+    client sorts are refused with :class:`ConfigurationError`, so a hidden column
+    (``-password_hash``) can never become a sort oracle. The constructor's ``order_by``
+    is the developer's and is not checked against it.
     """
 
     def __init__(
@@ -178,6 +216,8 @@ class CursorPaginator:
         size_param: str = "page_size",
         max_cursor_length: int = 2048,
         encrypt: bool = False,
+        sortable: Iterable[str] | Mapping[str, Any] | None = None,
+        sort_param: str = "sort",
     ) -> None:
         if not 1 <= page_size <= max_page_size:
             raise ConfigurationError("need 1 <= page_size <= max_page_size")
@@ -192,6 +232,8 @@ class CursorPaginator:
         self.include_total = include_total
         self.cursor_param = cursor_param
         self.size_param = size_param
+        self.sort_param = sort_param
+        self.sortable = _sortable_map(sortable)
         self.codec = CursorCodec(
             secret=secret,
             max_age=max_age,
@@ -204,8 +246,8 @@ class CursorPaginator:
     def from_env(cls, prefix: str = "GENNET_", **overrides: Any) -> CursorPaginator:
         """Configure from ``{prefix}PAGINATION_PAGE_SIZE``, ``…_MAX_PAGE_SIZE``,
         ``…_SECRET`` (comma-separated: the first signs, all verify), ``…_ENCRYPT``
-        (``1``/``true``), ``…_MAX_AGE`` (seconds) and ``…_NULLS``; keyword ``overrides``
-        (``order_by=`` …) win."""
+        (``1``/``true``), ``…_MAX_AGE`` (seconds), ``…_NULLS`` and ``…_SORTABLE``
+        (comma-separated names); keyword ``overrides`` (``order_by=`` …) win."""
         p = f"{prefix}PAGINATION_"
         kwargs: dict[str, Any] = {}
         if (size := env_int(p + "PAGE_SIZE")) is not None:
@@ -220,6 +262,8 @@ class CursorPaginator:
             kwargs["encrypt"] = True
         if nulls := env_str(p + "NULLS"):
             kwargs["nulls"] = nulls
+        if sortable := env_list(p + "SORTABLE"):
+            kwargs["sortable"] = sortable
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -250,6 +294,92 @@ class CursorPaginator:
         cursor = params.get(self.cursor_param) or None
         return cursor, self.check_page_size(params.get(self.size_param))
 
+    def check_sort(self, sort: str) -> list[tuple[str, bool]]:
+        """``(name, descending)`` terms of a client sort like ``"-created_at,name"``.
+
+        Each name must be in ``sortable`` and appear once; anything else is a 400
+        :class:`InvalidSort` that does not echo the text. Without ``sortable`` this is a
+        :class:`ConfigurationError`: client sorts need an explicit allowlist.
+        """
+        allowed = self._allowlist()
+        if len(sort) > _MAX_SORT_TEXT:
+            raise self._bad_sort()
+        terms: list[tuple[str, bool]] = []
+        seen: set[str] = set()
+        for raw in sort.split(","):
+            term = raw.strip()
+            descending = term[:1] == "-"
+            name = term[1:] if term[:1] in "-+" else term
+            if name not in allowed or name in seen:
+                raise self._bad_sort()
+            seen.add(name)
+            terms.append((name, descending))
+        return terms
+
+    def _allowlist(self) -> dict[str, Any]:
+        if self.sortable is None:
+            raise ConfigurationError(
+                "a sort passed per call may come from a client: declare the sortable keys "
+                'with CursorPaginator(sortable={"name", ...}) so hidden columns cannot be '
+                "sorted on"
+            )
+        return self.sortable
+
+    def _bad_sort(self) -> InvalidSort:
+        names = ", ".join(sorted(self.sortable or ()))
+        detail = (
+            f"{self.sort_param} may name only these fields, each once, comma-separated, "
+            f"with - for descending: {names}."
+            if names
+            else f"{self.sort_param} is not accepted here."
+        )
+        return InvalidSort(
+            detail,
+            errors=[
+                FieldError(detail, location="query", name=self.sort_param, code="invalid_sort")
+            ],
+        )
+
+    def _sort_term(self, stmt: Select[Any], name: str, descending: bool) -> Any:
+        target = self._allowlist()[name]
+        if isinstance(target, str):
+            col = stmt.selected_columns.get(target)
+            if col is None:
+                raise ConfigurationError(
+                    f"sortable key {name!r} is not a selected column of the statement; map it "
+                    "to a column: sortable={name: Model.column}"
+                )
+            target = col
+        return target.desc() if descending else target
+
+    def _order_for(
+        self, stmt: Select[Any], order_by: Sequence[Any] | None, sort: str | None
+    ) -> Sequence[Any]:
+        """The sort for one call: the client ``sort`` text, a per-call ``order_by`` (its
+        string names checked against ``sortable``), or the constructor's ``order_by``."""
+        if sort is not None:
+            if order_by is not None:
+                raise ConfigurationError("pass sort= (client text) or order_by=, not both")
+            terms = self.check_sort(sort) if sort.strip() else []
+            if not terms:
+                self._allowlist()  # an empty sort still needs the allowlist declared
+                return self.order_by
+            return [self._sort_term(stmt, n, d) for n, d in terms]
+        if order_by is None:
+            return self.order_by
+        out: list[Any] = []
+        for item in order_by:
+            if isinstance(item, str):
+                # Strings given per call are treated as client input: allowlist only.
+                descending = item[:1] == "-"
+                name = item[1:] if item[:1] in "-+" else item
+                if name not in self._allowlist():
+                    raise self._bad_sort()
+                out.append(self._sort_term(stmt, name, descending))
+            else:
+                out.append(item)
+        return out
+
     def cursor_for(
         self,
         stmt: Select[Any],
@@ -258,15 +388,14 @@ class CursorPaginator:
         direction: Direction = "a",
         fingerprint: str | None = None,
         order_by: Sequence[Any] | None = None,
+        sort: str | None = None,
     ) -> str:
         """A cursor at explicit sort-key values (the order keys, then the tiebreak), e.g.
         a per-item Relay edge cursor; ``direction`` ``"a"`` pages after it, ``"b"`` before."""
         require("sqlalchemy", extra="sql", feature="gennet_toolkit.pagination")
         from gennet_toolkit.pagination._keyset import resolve_keys, spec_text
 
-        keys = resolve_keys(
-            stmt, self.order_by if order_by is None else order_by, self.tiebreak, self.nulls
-        )
+        keys = resolve_keys(stmt, self._order_for(stmt, order_by, sort), self.tiebreak, self.nulls)
         if len(values) != len(keys):
             raise ValueError(f"need {len(keys)} values (sort keys then tiebreak)")
         bound = query_hash(self.name, spec_text(keys), fingerprint or "")
@@ -282,6 +411,7 @@ class CursorPaginator:
         page_size: int | str | None,
         fingerprint: str | None,
         order_by: Sequence[Any] | None,
+        sort: str | None,
         include_total: bool | None,
         dialect: str,
     ) -> _Plan:
@@ -291,9 +421,7 @@ class CursorPaginator:
         from gennet_toolkit.pagination._keyset import keyset_predicate, resolve_keys, spec_text
 
         size = self.check_page_size(page_size)
-        keys = resolve_keys(
-            stmt, self.order_by if order_by is None else order_by, self.tiebreak, self.nulls
-        )
+        keys = resolve_keys(stmt, self._order_for(stmt, order_by, sort), self.tiebreak, self.nulls)
         bound = query_hash(self.name, spec_text(keys), fingerprint or "")
         decoded = None
         base = stmt.order_by(None)
@@ -385,14 +513,18 @@ class CursorPaginator:
         *,
         fingerprint: str | None = None,
         order_by: Sequence[Any] | None = None,
+        sort: str | None = None,
         include_total: bool | None = None,
     ) -> Page[Any]:
         """Run one page of ``stmt`` on a sync ``Session`` or ``Connection``.
 
         ORM selects of one entity give entities as items, other selects give rows.
         ``fingerprint`` (the applied filters, e.g. from ``search.FilterSet``) binds the
-        cursor to them; ``order_by`` replaces the paginator's sort for this call. A bad
-        cursor or page size raises :class:`InvalidCursor` / :class:`InvalidPageSize` (400).
+        cursor to them; ``order_by`` replaces the paginator's sort for this call, and
+        ``sort`` (client text such as ``"-created_at,name"``, checked against
+        ``sortable``) does too; an empty ``sort`` keeps the default. A bad cursor, page
+        size or sort raises :class:`InvalidCursor` / :class:`InvalidPageSize` /
+        :class:`InvalidSort` (400).
         """
         plan = self._plan(
             stmt,
@@ -400,6 +532,7 @@ class CursorPaginator:
             page_size=page_size,
             fingerprint=fingerprint,
             order_by=order_by,
+            sort=sort,
             include_total=include_total,
             dialect=_dialect_name(session),
         )
@@ -418,6 +551,7 @@ class CursorPaginator:
         *,
         fingerprint: str | None = None,
         order_by: Sequence[Any] | None = None,
+        sort: str | None = None,
         include_total: bool | None = None,
     ) -> Page[Any]:
         """:meth:`paginate` for an ``AsyncSession`` or ``AsyncConnection``."""
@@ -427,6 +561,7 @@ class CursorPaginator:
             page_size=page_size,
             fingerprint=fingerprint,
             order_by=order_by,
+            sort=sort,
             include_total=include_total,
             dialect=_dialect_name(session),
         )
