@@ -900,3 +900,21 @@ async def test_cache_ttl_skips_shared_reads_while_closed_and_bounds_staleness(
     await cached.acall(_aok)  # half-open trials always go to the shared state
     assert backend.attempts > before
     assert await other.astate() is State.CLOSED
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_recheck_interval_zero_probes_every_call_without_looping(
+    clock: Clock, fail_open: bool
+) -> None:
+    backend = FlakyBackend(clock)
+    breaker = make(clock, backend=backend, recheck_interval=0, fail_open=fail_open)
+    backend.down = True
+    for _ in range(3):
+        if fail_open:
+            assert await breaker.acall(_aok) == "ok"
+            assert breaker.call(ok) == "ok"
+        else:
+            with pytest.raises(CircuitOpenError):
+                await breaker.acall(_aok)
+    assert backend.attempts == 3  # one probe per async call; sync reads are not counted

@@ -329,6 +329,12 @@ class CircuitBreaker:
             raise CircuitOpenError(retry_after=adm.retry_after)
         return store, adm.gen, adm.trial, old.failures
 
+    def _admit_local(self, store: LocalStore) -> _Token:
+        rec = store.record
+        if rec.state is _CLOSED:
+            return store, rec.gen, False, rec.failures
+        return self._admitted(store, *store.apply(self._admit_fn))
+
     def _admit(self) -> _Token:
         shared = self._shared
         if shared is None or self._skip_shared():
@@ -345,18 +351,14 @@ class CircuitBreaker:
             result = shared.apply(self._admit_fn)
         except ServiceUnavailable as exc:
             self._store_unavailable(exc)
-            return self._admit()
+            return self._admit_local(self._fallback())
         self._seen(result[0], result[1])
         return self._admitted(shared, *result)
 
     async def _aadmit(self) -> _Token:
         shared = self._shared
         if shared is None or self._skip_shared():
-            store = self._local if shared is None else self._fallback()
-            rec = store.record
-            if rec.state is _CLOSED:
-                return store, rec.gen, False, rec.failures
-            return self._admitted(store, *store.apply(self._admit_fn))
+            return self._admit_local(self._local if shared is None else self._fallback())
         if self._cache_ttl:
             rec = self._local.record
             if rec.state is _CLOSED and self._clock() < self._fresh_until:
@@ -365,7 +367,7 @@ class CircuitBreaker:
             result = await shared.aapply(self._admit_fn)
         except ServiceUnavailable as exc:
             self._store_unavailable(exc)
-            return self._admit()  # the fallback never touches the backend
+            return self._admit_local(self._fallback())
         self._seen(result[0], result[1])
         return self._admitted(shared, *result)
 
