@@ -25,6 +25,7 @@ deleted at the end. Without Redis only the memory suites run.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import socket
@@ -39,6 +40,7 @@ from benchmarks._harness import Suite
 from gennet_toolkit.backends import from_url
 from gennet_toolkit.circuit_breaker import CircuitBreaker, CircuitOpenError
 
+PEERS = ("pybreaker", "aiobreaker", "purgatory")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 PREFIX = f"gnbench:{uuid.uuid4().hex[:8]}:"
 
@@ -283,6 +285,10 @@ def cleanup() -> None:
 
 def main() -> None:
     """Run the suites and write benchmarks/results/circuit_breaker*.{json,md}."""
+    missing = [name for name in PEERS if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"circuit_breaker benchmarks skipped: {', '.join(missing)} not installed")
+        return
     sync_memory_suite()
     async_memory_suite()
     if redis_available():
