@@ -170,7 +170,6 @@ def test_a_breaker_opened_by_one_process_is_open_in_another(
     }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("permits", [1, 2])
 def test_half_open_admits_exactly_n_trials_across_processes(
     redis_url: str, redis_prefix: str, permits: int
