@@ -253,30 +253,30 @@ class MemoryStore(SyncBackend):
 
     # -- rate limits -----------------------------------------------------------------
     #
-    # Each algorithm is one step: decide a single limit from its stored state at ``now``
-    # and, if ``write``, spend ``cost`` when it allows. The step runs with the lock held
-    # and keeps the fast path lean: two dict lookups, no intermediate objects.
+    # Each algorithm is one step: decide one (limit, period) from its stored state at
+    # ``now`` and, if ``write``, spend ``cost`` when it allows. Steps run with the lock
+    # held and keep the hot path lean: two dict lookups, no intermediate objects.
 
     def fixed_window(self, key: str, limit: int, period: float, cost: int = 1) -> RateLimitResult:
         """See :meth:`Backend.fixed_window`."""
         check_rate(limit, period, cost)
         k = f"{self.prefix}rl:fw:{{{key}}}"
         with self._lock:
-            return self._fixed_step(k, limit, period, cost, self._clock(), write=True)
+            return self._fixed_step(k, (limit, period), cost, self._clock(), True)
 
     def sliding_window(self, key: str, limit: int, period: float, cost: int = 1) -> RateLimitResult:
         """See :meth:`Backend.sliding_window`."""
         check_rate(limit, period, cost)
         k = f"{self.prefix}rl:sw:{{{key}}}"
         with self._lock:
-            return self._sliding_step(k, limit, period, cost, self._clock(), write=True)
+            return self._sliding_step(k, (limit, period), cost, self._clock(), True)
 
     def gcra(self, key: str, limit: int, period: float, cost: int = 1) -> RateLimitResult:
         """See :meth:`Backend.gcra`."""
         check_rate(limit, period, cost)
         k = f"{self.prefix}rl:gcra:{{{key}}}"
         with self._lock:
-            return self._gcra_step(k, limit, period, cost, self._clock(), write=True)
+            return self._gcra_step(k, (limit, period), cost, self._clock(), True)
 
     def rate_limits(
         self, algorithm: str, key: str, limits: Limits, cost: int = 1
@@ -286,10 +286,9 @@ class MemoryStore(SyncBackend):
         short, tags = plan_limits(algorithm, pairs, cost)
         step = _STEPS[short]
         if len(pairs) == 1:  # most rules: nothing to coordinate
-            (limit, period), (tag,) = pairs[0], tags
-            k = f"{self.prefix}rl:{short}:{{{key}}}:{tag}"
+            k = f"{self.prefix}rl:{short}:{{{key}}}:{tags[0]}"
             with self._lock:
-                return (step(self, k, limit, period, cost, self._clock(), write=True),)
+                return (step(self, k, pairs[0], cost, self._clock(), True),)
         base = f"{self.prefix}rl:{short}:{{{key}}}:"
         with self._lock:
             now = self._clock()
@@ -297,23 +296,23 @@ class MemoryStore(SyncBackend):
             # All or nothing: a dry run of every limit first, then spend on all of them
             # (same state, same clock: the same decisions) or on none.
             trial = [
-                step(self, k, lim, per, cost, now, write=False)
-                for k, (lim, per) in zip(keys, pairs, strict=True)
+                step(self, k, pair, cost, now, False) for k, pair in zip(keys, pairs, strict=True)
             ]
             if all(r.allowed for r in trial):
                 return tuple(
-                    step(self, k, lim, per, cost, now, write=True)
-                    for k, (lim, per) in zip(keys, pairs, strict=True)
+                    step(self, k, pair, cost, now, True)
+                    for k, pair in zip(keys, pairs, strict=True)
                 )
             # Refused: the limits that would allow report the quota they still have.
             return tuple(
-                r if not r.allowed else step(self, k, lim, per, 0, now, write=False)
-                for r, k, (lim, per) in zip(trial, keys, pairs, strict=True)
+                r if not r.allowed else step(self, k, pair, 0, now, False)
+                for r, k, pair in zip(trial, keys, pairs, strict=True)
             )
 
     def _fixed_step(
-        self, k: str, limit: int, period: float, cost: int, now: float, *, write: bool
+        self, k: str, pair: tuple[int, float], cost: int, now: float, write: bool
     ) -> RateLimitResult:
+        limit, period = pair
         exp = self._expires.get(k)
         if exp is None or exp <= now:  # no window yet: this hit starts one
             if write and cost:
@@ -329,8 +328,9 @@ class MemoryStore(SyncBackend):
         return _new(RateLimitResult, (True, limit, limit - count - cost, left, 0.0))
 
     def _sliding_step(
-        self, k: str, limit: int, period: float, cost: int, now: float, *, write: bool
+        self, k: str, pair: tuple[int, float], cost: int, now: float, write: bool
     ) -> RateLimitResult:
+        limit, period = pair
         # The two-window weighted counter, mirrored in lua/sliding_window.lua and
         # lua/rate_limits.lua: the previous window's count, weighted by how much of it
         # still overlaps the sliding window, plus the current one.
@@ -364,8 +364,9 @@ class MemoryStore(SyncBackend):
         return _new(RateLimitResult, (True, limit, remaining, reset, 0.0))
 
     def _gcra_step(
-        self, k: str, limit: int, period: float, cost: int, now: float, *, write: bool
+        self, k: str, pair: tuple[int, float], cost: int, now: float, write: bool
     ) -> RateLimitResult:
+        limit, period = pair
         interval = period / limit
         exp = self._expires.get(k)
         stored = self._values.get(k) if exp is not None and exp > now else None

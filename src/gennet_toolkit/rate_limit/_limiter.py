@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Literal, NamedTuple
 
 from gennet_toolkit._env import env_bool, env_str
-from gennet_toolkit.backends import Backend, RateLimitResult, from_url
+from gennet_toolkit.backends import Backend, MemoryBackend, RateLimitResult, from_url
 from gennet_toolkit.exceptions import ConfigurationError, ServiceUnavailable
 from gennet_toolkit.rate_limit._limits import Limit, Rule, parse_limits
 
@@ -121,6 +121,10 @@ class RateLimiter:
         self._algorithm = algorithm
         self._op: AsyncOp = self.backend.rate_limits
         self._sync_op: SyncOp | None = None
+        # The memory backend's async form only forwards to its sync form and never
+        # waits, so async checks call the sync form directly: two coroutines fewer per
+        # check. (Exact type only: a subclass may override the async form.)
+        self._inline = type(self.backend) is MemoryBackend
         if not outage_backoff >= 0:
             raise ConfigurationError(f"outage_backoff must be >= 0 seconds, got {outage_backoff!r}")
         self.outage_backoff = outage_backoff
@@ -161,7 +165,10 @@ class RateLimiter:
         down and ``fail_open=False``. ``cost=0`` only peeks.
         """
         lim = limit if isinstance(limit, Limit) else _single(limit)
-        results = await self._spend(lim.pairs, key, cost)
+        if self._inline:
+            results = self._spend_sync(lim.pairs, key, cost)
+        else:
+            results = await self._spend(lim.pairs, key, cost)
         return None if results is None else results[0]
 
     async def check(self, rule: Rule, key: str) -> Decision:
@@ -170,7 +177,10 @@ class RateLimiter:
         The rule's cost is spent on all its limits or on none: a request refused by
         the per-second limit spends nothing of the hourly one, and vice versa.
         """
-        results = await self._spend(rule.pairs, key, rule.cost)
+        if self._inline:
+            results = self._spend_sync(rule.pairs, key, rule.cost)
+        else:
+            results = await self._spend(rule.pairs, key, rule.cost)
         if results is None:
             return _ALLOWED_UNCHECKED
         return _decide(rule, results)
