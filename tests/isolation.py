@@ -56,7 +56,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # resilience and state
     "gennet_toolkit.cache": frozenset(),
     "gennet_toolkit.advanced_cache": frozenset(),
-    "gennet_toolkit.circuit_breaker": frozenset({"breaker"}),
+    "gennet_toolkit.circuit_breaker": frozenset(),
     "gennet_toolkit.http_client": frozenset({"http"}),
     "gennet_toolkit.task_queue": frozenset(),
     "gennet_toolkit.websocket_manager": frozenset(),
