@@ -4,7 +4,9 @@ thread safety, constant work per operation, the cached decorator and warm()."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
+import pickle
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +22,7 @@ from gennet_toolkit.advanced_cache import (
     LFUCache,
     LRUCache,
     TTLCache,
+    _lfu,
     _policies,
     _ttl,
     cached,
@@ -383,6 +386,30 @@ def test_from_env_reads_maxsize_and_ttl(monkeypatch: pytest.MonkeyPatch) -> None
     assert "lots" not in str(info.value)
 
 
+# -- copy and pickle --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("clone", ["copy", "pickle"])
+def test_copies_are_independent_and_keep_the_eviction_order(kind: str, clone: str) -> None:
+    c = make(kind, 3, timer=time.monotonic) if kind == "ttl" else make(kind, 3)
+    c["a"], c["b"], c["c"] = 1, 2, 3
+    c["a"]
+    c["a"]
+    twin = copy.copy(c) if clone == "copy" else pickle.loads(pickle.dumps(c))
+    assert twin.stats() == c.stats()
+    assert {k: twin.peek(k) for k in twin} == {k: c.peek(k) for k in c}
+    if kind == "lfu":
+        assert twin.use_count("a") == 3  # type: ignore[attr-defined]
+    twin["d"] = 4  # the twin has a lock of its own and its own containers
+    c["e"] = 5
+    assert "d" not in c
+    assert "e" not in twin
+    victim = {"lru": "b", "lfu": "b", "fifo": "a", "ttl": "b"}[kind]
+    assert victim not in twin
+    assert victim not in c
+
+
 # -- constant work per operation --------------------------------------------------------
 
 
@@ -413,8 +440,18 @@ class CountingOD(OrderedDict[Any, Any]):
         CountingOD.calls += 1
         return super().__contains__(key)
 
+    def __iter__(self) -> Iterator[Any]:  # a scan pays per element visited
+        for key in super().__iter__():
+            CountingOD.calls += 1
+            yield key
 
-class CountingBucket(_policies._Bucket):
+    def items(self) -> Any:
+        for item in super().items():
+            CountingOD.calls += 1
+            yield item
+
+
+class CountingBucket(_lfu._Bucket):
     """A frequency bucket counting reads of its ring links (a scan would read many)."""
 
     hops = 0
@@ -428,7 +465,8 @@ class CountingBucket(_policies._Bucket):
 def _work(kind: str, size: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
     monkeypatch.setattr(_policies, "OrderedDict", CountingOD)
     monkeypatch.setattr(_ttl, "OrderedDict", CountingOD)
-    monkeypatch.setattr(_policies, "_Bucket", CountingBucket)
+    monkeypatch.setattr(_lfu, "OrderedDict", CountingOD)
+    monkeypatch.setattr(_lfu, "_Bucket", CountingBucket)
     c = make(kind, size)
     spread = size // 10
     for i in range(size):

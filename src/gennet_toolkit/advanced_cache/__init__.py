@@ -21,13 +21,8 @@ Every cache takes one lock per operation (compound operations included); see
 
 from __future__ import annotations
 
-from gennet_toolkit.advanced_cache._policies import (
-    BaseCache,
-    CacheStats,
-    FIFOCache,
-    LFUCache,
-    LRUCache,
-)
+from gennet_toolkit.advanced_cache._lfu import LFUCache
+from gennet_toolkit.advanced_cache._policies import BaseCache, CacheStats, FIFOCache, LRUCache
 from gennet_toolkit.advanced_cache._serializers import (
     JsonSerializer,
     SerializationError,

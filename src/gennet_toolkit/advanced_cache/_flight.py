@@ -63,13 +63,15 @@ class AsyncFlights:
     """
 
     def __init__(self) -> None:
-        self._calls: dict[Hashable, asyncio.Future[Any]] = {}
+        self._calls: dict[tuple[asyncio.AbstractEventLoop, Hashable], asyncio.Future[Any]] = {}
         self.coalesced = 0
 
     async def run(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> T:
         """``await fn()``, unless a call for ``key`` is running: then that call's outcome."""
+        # Futures belong to one event loop: calls on another loop never share them.
+        slot = (asyncio.get_running_loop(), key)
         while True:
-            fut = self._calls.get(key)
+            fut = self._calls.get(slot)
             if fut is None:
                 break
             self.coalesced += 1
@@ -80,8 +82,8 @@ class AsyncFlights:
                 if fut.cancelled() and task is not None and not task.cancelling():
                     continue  # the leader was cancelled, not us: retry as leader
                 raise
-        fut = asyncio.get_running_loop().create_future()
-        self._calls[key] = fut
+        fut = slot[0].create_future()
+        self._calls[slot] = fut
         try:
             value = await fn()
         except asyncio.CancelledError:
@@ -95,5 +97,5 @@ class AsyncFlights:
             fut.set_result(value)
             return value
         finally:
-            if self._calls.get(key) is fut:
-                del self._calls[key]
+            if self._calls.get(slot) is fut:
+                del self._calls[slot]

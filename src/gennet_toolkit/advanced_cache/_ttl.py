@@ -248,3 +248,7 @@ class TTLCache(BaseCache[K, V]):
     def _clear(self) -> None:
         self._data.clear()
         self._queues.clear()
+
+    def _export(self, state: dict[str, Any]) -> None:
+        state["_data"] = OrderedDict(self._data)
+        state["_queues"] = {ttl: OrderedDict(q) for ttl, q in self._queues.items()}
