@@ -23,7 +23,8 @@ EXTRA_PACKAGES: dict[str, frozenset[str]] = {
     "otel": frozenset({"opentelemetry"}),
     "brotli": frozenset({"brotli"}),
     "http": frozenset({"httpx", "httpcore", "h11", "tenacity"}),
-    "breaker": frozenset({"pybreaker"}),
+    # pybreaker is a benchmark peer only: no module may import it.
+    "_peers": frozenset({"pybreaker", "cachetools", "limits", "slowapi", "casbin"}),
     "sql": frozenset({"sqlalchemy", "aiosqlite", "greenlet"}),
     "postgres": frozenset({"asyncpg", "psycopg", "psycopg_binary"}),
     "jsonschema": frozenset({"jsonschema", "jsonschema_specifications", "referencing"}),
