@@ -42,7 +42,7 @@ class SyncFlights:
             call.done.wait()
             if call.error is not None:
                 raise call.error
-            return call.value  # type: ignore[no-any-return]
+            return cast(T, call.value)
         try:
             call.value = fn()
         except BaseException as exc:
@@ -52,7 +52,7 @@ class SyncFlights:
             with self._lock:
                 del self._calls[key]
             call.done.set()
-        return call.value  # type: ignore[no-any-return]
+        return cast(T, call.value)
 
 
 class AsyncFlights:

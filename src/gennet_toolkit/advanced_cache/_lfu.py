@@ -81,7 +81,7 @@ class LFUCache(BaseCache[K, V]):
 
     def __getitem__(self, key: K) -> V:
         with self._lock:
-            value = self._data.get(key, _MISSING)
+            value: V = self._data.get(key, _MISSING)
             if value is not _MISSING:
                 # _touch, inlined: this is the LFU hit path.
                 node = self._node[key]
@@ -91,7 +91,7 @@ class LFUCache(BaseCache[K, V]):
                     if len(node.keys) == 1:
                         node.count = count
                         self._hits += 1
-                        return value  # type: ignore[no-any-return]
+                        return value
                     nxt = _Bucket(count)
                     nxt.insert_after(node)
                 keys = node.keys
@@ -101,7 +101,7 @@ class LFUCache(BaseCache[K, V]):
                 if not keys:
                     node.unlink()
                 self._hits += 1
-                return value  # type: ignore[no-any-return]
+                return value
             self._misses += 1
         return self.__missing__(key)
 

@@ -22,6 +22,7 @@ __all__ = ["BaseCache", "CacheStats", "FIFOCache", "LRUCache"]
 K = TypeVar("K")
 V = TypeVar("V")
 D = TypeVar("D")
+T = TypeVar("T")
 
 _MISSING: Any = object()
 
@@ -162,14 +163,18 @@ class BaseCache(MutableMapping[K, V], Generic[K, V]):
         if value is _MISSING:
             raise KeyError(key)
 
-    def setdefault(self, key: K, default: V = None) -> V:  # type: ignore[assignment]
+    @overload
+    def setdefault(self: BaseCache[K, T | None], key: K, default: None = None) -> T | None: ...
+    @overload
+    def setdefault(self, key: K, default: V) -> V: ...
+    def setdefault(self, key: K, default: Any = None) -> Any:
         """The value at ``key``; if absent, store ``default`` and return it (atomic)."""
         size = self._size(default)
         with self._lock:
             value = self._lookup(key)
             if value is not _MISSING:
                 self._hits += 1
-                return value  # type: ignore[no-any-return]
+                return value
             self._misses += 1
             self._store(key, default, size)
             return default

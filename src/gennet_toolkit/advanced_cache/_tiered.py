@@ -268,7 +268,7 @@ class TieredCache:
         value = self.l1.get(key, _MISSING)
         if value is not _MISSING:
             self._count("l1")
-            return value  # type: ignore[no-any-return]
+            return cast(T, value)
 
         async def fill() -> Any:
             found = await self._lookup(key)
@@ -452,7 +452,7 @@ class SyncTieredCache:
         value = p.l1.get(key, _MISSING)
         if value is not _MISSING:
             p._count("l1")
-            return value  # type: ignore[no-any-return]
+            return cast(T, value)
 
         def fill() -> Any:
             found = self._lookup(key)
@@ -464,7 +464,7 @@ class SyncTieredCache:
                 self.set(key, result, ttl=ttl)
             return result
 
-        return p._sync_flights.run(key, fill)  # type: ignore[no-any-return]
+        return cast(T, p._sync_flights.run(key, fill))
 
     def _publish(self, keys: list[str] | None) -> None:
         p = self._p
