@@ -90,6 +90,66 @@ def test_cursor_values_round_trip_with_their_exact_types(values: list[Any], sign
     assert decoded.direction == "a"
 
 
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(values_strategy, max_size=5), direction=st.sampled_from("abAB"))
+def test_cursor_payload_is_canonical_compact_json(values: list[Any], direction: str) -> None:
+    # The encoder writes the JSON itself (speed): it must be exactly what json.dumps
+    # writes in compact form, and bound to the tag.
+    text = CursorCodec(secret=SECRET).encode(values, direction, BOUND, issued_at=7)  # type: ignore[arg-type]
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    body, tag = raw[:-16], raw[-16:]
+    assert hmac.compare_digest(hmac.digest(SECRET.encode(), body, "sha256")[:16], tag)
+    doc = body[1:].decode("utf-8")
+    payload = json.loads(doc)
+    assert doc == json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    assert payload[:3] == [direction, 7, BOUND]
+    assert len(payload[3]) == len(values)
+
+
+def test_encode_refuses_an_unknown_direction() -> None:
+    with pytest.raises(ValueError, match="direction"):
+        CursorCodec().encode([1], "z", BOUND)  # type: ignore[arg-type]
+
+
+def _cursor_with_dash_and_underscore(codec: CursorCodec) -> str:
+    for i in range(10_000):
+        text = codec.encode([i, "GATA1" + "?>~" * (i % 5) + "\u00ff" * (i % 3)], "a", BOUND)
+        if "-" in text and "_" in text and len(text) % 4:
+            return text
+    raise AssertionError("no such cursor")
+
+
+@pytest.mark.parametrize("secret", [None, SECRET])
+def test_only_unpadded_base64url_is_accepted(secret: str | None) -> None:
+    codec = CursorCodec(secret=secret)
+    text = _cursor_with_dash_and_underscore(codec)
+    assert codec.decode(text, bound_to=BOUND, n_values=2).values[1].startswith("GATA1")
+    variants = [
+        text.replace("-", "+"),  # standard alphabet: the same bytes to a lenient decoder
+        text.replace("_", "/"),
+        text + "=" * (-len(text) % 4),  # padded
+        text[:6] + "\n" + text[6:],
+        text[:6] + " " + text[6:],
+        text + "é",
+        text[:6] + "." + text[6:],
+    ]
+    for variant in variants:
+        with pytest.raises(InvalidCursor) as info:
+            codec.decode(variant, bound_to=BOUND, n_values=2)
+        assert info.value.reason == "malformed"
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [b' ["a",0,"bound-hash",[1]]', b'["a",0,"bound-hash",[1]] ', b'["a",0,"bound-hash",[1]]x'],
+)
+def test_payload_with_surrounding_bytes_is_malformed(doc: bytes) -> None:
+    text = base64.urlsafe_b64encode(b"\x01" + doc).rstrip(b"=").decode()
+    with pytest.raises(InvalidCursor) as info:
+        CursorCodec().decode(text, bound_to=BOUND, n_values=1)
+    assert info.value.reason == "malformed"
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
 def test_decoder_fuzz_any_text_is_a_cursor_or_invalid_cursor(text: str) -> None:

@@ -14,14 +14,12 @@ exception.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import datetime as dt
 import hashlib
 import hmac
 import json
 import os
-import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -47,11 +45,20 @@ _VERSION_BYTE: Final = bytes([CURSOR_VERSION])
 _TAG_SIZE: Final = 16
 _NONCE_SIZE: Final = 12
 _MIN_SECRET_BYTES: Final = 16
-_INT64 = (-(2**63), 2**63 - 1)
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 _MAX_DECIMAL_DIGITS = 1000
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
-# One encoder for all: json.dumps() with options builds a new encoder per call.
+# One encoder for all: json.dumps() with options builds a new encoder per call. For a
+# str, encode() goes straight to the C string escaper.
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# raw_decode() skips json.loads()' wrapper and whitespace regexes; the caller checks that
+# the whole text was consumed.
+_raw_decode = json.JSONDecoder().raw_decode
+# base64url <-> standard alphabet as byte tables. Decoding maps "+", "/" and "=" to an
+# invalid byte so that strict binascii refuses them: only the url alphabet, unpadded.
+_TO_URL: Final = bytes.maketrans(b"+/", b"-_")
+_FROM_URL: Final = bytes.maketrans(b"-_+/=", b"+/!!!")
+_PAD: Final = (b"", b"===", b"==", b"=")
 
 #: ``a``/``b``: rows strictly after/before the key; ``A``/``B``: at or after/before it
 #: (the way back from an empty page, so the row at the key is not lost).
@@ -88,7 +95,7 @@ class Cursor:
 def query_hash(*parts: str) -> str:
     """A short digest binding a cursor to its paginator name, sort spec and filter fingerprint."""
     h = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).digest()
-    return base64.urlsafe_b64encode(h[:9]).decode("ascii")
+    return _b64encode(h[:9])
 
 
 # --------------------------------------------------------------------------- values
@@ -114,7 +121,7 @@ def _encode_value(v: Any) -> Any:
     if isinstance(v, uuid.UUID):
         return ["u", v.hex]
     if isinstance(v, bytes):
-        return ["x", base64.urlsafe_b64encode(v).rstrip(b"=").decode("ascii")]
+        return ["x", _b64encode(v)]
     raise ConfigurationError(
         f"a sort key of type {type(v).__name__} cannot go into a cursor; sort on a "
         "column of type int, str, float, Decimal, datetime, date, time, UUID, bool or bytes"
@@ -136,7 +143,7 @@ def _decode_value(raw: Any) -> Any:
     if raw is None or isinstance(raw, bool):
         return raw
     if isinstance(raw, int):
-        if not _INT64[0] <= raw <= _INT64[1]:
+        if not _INT64_MIN <= raw <= _INT64_MAX:
             raise ValueError("integer out of range")
         return raw
     if isinstance(raw, str):
@@ -175,11 +182,38 @@ def _decode_value(raw: Any) -> Any:
     raise ValueError("unknown tag")
 
 
+def _encode_json(v: Any) -> str:
+    # int and str are the common sort keys: written directly (the same bytes the JSON
+    # encoder writes); everything else goes through the tagged form and the encoder.
+    t = type(v)
+    if t is int:
+        return int.__repr__(v)
+    if t is str:
+        return _dumps(v)
+    return _dumps(_encode_value(v))
+
+
+def _decode_fast(raw: Any) -> Any:
+    t = type(raw)
+    if t is int:
+        if _INT64_MIN <= raw <= _INT64_MAX:
+            return raw
+        raise ValueError("integer out of range")
+    if t is str and raw.isascii() and "\x00" not in raw:
+        return raw  # ASCII cannot hold a lone surrogate
+    return _decode_value(raw)
+
+
+def _b64encode(raw: bytes) -> str:
+    """base64url without padding."""
+    return binascii.b2a_base64(raw, newline=False).translate(_TO_URL).rstrip(b"=").decode("ascii")
+
+
 def _b64decode(text: str) -> bytes:
-    # The stdlib decoder silently skips foreign characters; check the alphabet first.
-    if not _B64URL.fullmatch(text):
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url without padding: any other character is a ``ValueError``."""
+    # The lenient stdlib decoders skip foreign characters; strict_mode does not.
+    data = text.encode("ascii").translate(_FROM_URL)
+    return binascii.a2b_base64(data + _PAD[len(data) % 4], strict_mode=True)
 
 
 def _secret_bytes(secret: str | bytes) -> bytes:
@@ -221,6 +255,8 @@ class CursorCodec:
                 raise ConfigurationError("secret= is an empty sequence")
         if max_age is not None and max_age <= 0:
             raise ConfigurationError("max_age must be positive")
+        # Keyed once: a copy per call skips re-hashing the padded key (two SHA-256 blocks).
+        self._macs = tuple(hmac.new(k, digestmod=hashlib.sha256) for k in self._keys)
         self._aeads: tuple[Any, ...] = ()
         self._invalid_tag: type[Exception] = Exception
         if encrypt:
@@ -261,16 +297,22 @@ class CursorCodec:
         issued_at: int | None = None,
     ) -> str:
         """The opaque text of a cursor at ``values`` going ``direction``."""
-        iat = int(time.time()) if issued_at is None else issued_at
-        payload = [direction, iat, bound_to, [_encode_value(v) for v in values]]
-        body = _VERSION_BYTE + _dumps(payload).encode("utf-8")
+        if direction not in _DIRECTIONS:
+            raise ValueError(f"direction must be one of {sorted(_DIRECTIONS)}")
+        iat = int(time.time()) if issued_at is None else int(issued_at)
+        # The compact canonical JSON [direction, iat, bound_to, [values...]], assembled
+        # directly: the same bytes json.dumps(separators=(",", ":")) gives, 4x faster.
+        text = f'["{direction}",{iat},{_dumps(bound_to)},[{",".join(map(_encode_json, values))}]]'
+        body = _VERSION_BYTE + text.encode("utf-8")
         if self._aeads:
             nonce = os.urandom(_NONCE_SIZE)
             sealed = self._aeads[0].encrypt(nonce, body[1:], _VERSION_BYTE)
             body = _VERSION_BYTE + nonce + sealed
-        elif self._keys:
-            body += hmac.digest(self._keys[0], body, "sha256")[:_TAG_SIZE]
-        return base64.urlsafe_b64encode(body).rstrip(b"=").decode("ascii")
+        elif self._macs:
+            mac = self._macs[0].copy()
+            mac.update(body)
+            body += mac.digest()[:_TAG_SIZE]
+        return _b64encode(body)
 
     def decode(self, text: str, *, bound_to: str, n_values: int) -> Cursor:
         """Verify and decode ``text``; any failure raises :class:`InvalidCursor`."""
@@ -279,33 +321,33 @@ class CursorCodec:
             raise bad("malformed")
         try:
             raw = _b64decode(text)
-        except (ValueError, binascii.Error):
+        except ValueError:  # binascii.Error and UnicodeEncodeError are ValueErrors
             raise bad("malformed") from None
         if raw[:1] != _VERSION_BYTE:
             raise bad("version" if raw else "malformed")
         if self._aeads:
             body = self._open(raw)
-        elif self._keys:
+        elif self._macs:
             body, tag = raw[:-_TAG_SIZE], raw[-_TAG_SIZE:]
-            if len(body) < 2 or not any(
-                hmac.compare_digest(hmac.digest(k, body, "sha256")[:_TAG_SIZE], tag)
-                for k in self._keys
-            ):
+            if len(body) < 2 or not self._verify(body, tag):
                 raise bad("signature")
         else:
             body = raw
         try:
-            payload = json.loads(body[1:].decode("utf-8"))
+            doc = body[1:].decode("utf-8")
+            payload, end = _raw_decode(doc)
+            if end != len(doc):
+                raise ValueError("trailing data")
             direction, iat, bound, raw_values = payload
             if (
                 direction not in _DIRECTIONS
                 or type(iat) is not int
                 or iat < 0
-                or not isinstance(bound, str)
-                or not isinstance(raw_values, list)
+                or type(bound) is not str
+                or type(raw_values) is not list
             ):
                 raise ValueError("bad payload")
-            values = tuple(_decode_value(v) for v in raw_values)
+            values = tuple(map(_decode_fast, raw_values))
         except (ValueError, TypeError, RecursionError, ArithmeticError, UnicodeError):
             # ValueError covers JSONDecodeError and unpacking a payload of the wrong size;
             # ArithmeticError covers decimal.InvalidOperation.
@@ -317,6 +359,14 @@ class CursorCodec:
         ):
             raise bad("expired")
         return Cursor(values, direction, bound, iat)
+
+    def _verify(self, body: bytes, tag: bytes) -> bool:
+        for mac0 in self._macs:  # the first key signs, every key verifies (rotation)
+            mac = mac0.copy()
+            mac.update(body)
+            if hmac.compare_digest(mac.digest()[:_TAG_SIZE], tag):
+                return True
+        return False
 
     def _open(self, raw: bytes) -> bytes:
         nonce, sealed = raw[1 : 1 + _NONCE_SIZE], raw[1 + _NONCE_SIZE :]
