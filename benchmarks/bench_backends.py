@@ -29,6 +29,7 @@ from gennet_toolkit.backends import Backend, from_url
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 PREFIX = f"gnbench:{uuid.uuid4().hex[:8]}:"
 BIG = 10**9  # a limit never reached: the benchmarks time the allowed path
+TWO_LIMITS = ((BIG, 60.0), (BIG, 86400.0))  # one key, a minute and a day
 
 
 def redis_available() -> bool:
@@ -181,11 +182,12 @@ def ours_vs_redis_py(ours: Backend) -> None:
 
 def ours_vs_limits(memory: Backend, redis_backend: Backend | None) -> None:
     """Suite ``backends-rate-limits``: our window updates vs ``limits`` on the same store."""
-    from limits import RateLimitItemPerMinute
+    from limits import RateLimitItemPerDay, RateLimitItemPerMinute
     from limits.storage import storage_from_string
     from limits.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
 
     item = RateLimitItemPerMinute(BIG)
+    day = RateLimitItemPerDay(BIG)
     suite = Suite(
         "backends-rate-limits",
         description="one allowed hit of a per-minute limit, sync form, vs the limits library",
@@ -212,9 +214,20 @@ def ours_vs_limits(memory: Backend, redis_backend: Backend | None) -> None:
             return f.get_window_stats(item, "lfw2")
 
         suite.add(f"limits {label} fixed hit+stats", hit_and_stats)
+        # Two limits of one key: ours in one atomic call (nothing spent on a refusal),
+        # limits one hit per limit (earlier limits already spent when a later refuses).
+        suite.add(
+            f"ours {label} sliding rate_limits(2)",
+            lambda s=s: s.rate_limits("sliding_window", "l2", TWO_LIMITS),
+        )
+        suite.add(
+            f"limits {label} sliding 2 hits",
+            lambda w=sliding: all(w.hit(i, "l2") for i in (item, day)),
+        )
         suite.compare(f"ours {label} fixed", f"limits {label} fixed")
         suite.compare(f"ours {label} fixed", f"limits {label} fixed hit+stats")
         suite.compare(f"ours {label} sliding", f"limits {label} sliding")
+        suite.compare(f"ours {label} sliding rate_limits(2)", f"limits {label} sliding 2 hits")
     suite.note("limits' hit() returns only a bool; hit+stats adds get_window_stats() for the")
     suite.note("remaining/reset figures our call returns in the same round trip.")
     suite.note("limits has no GCRA; its row is absent rather than made up.")

@@ -40,6 +40,7 @@ from gennet_toolkit.rate_limit import RateLimiter, RateLimitMiddleware, Rule, pa
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 PREFIX = f"gnbench:{uuid.uuid4().hex[:8]}:"
 BIG = "1000000000/minute"  # never reached: the benchmarks time the allowed path
+TWO = "1000000000/minute;1000000000/day"
 
 
 def redis_available() -> bool:
@@ -104,6 +105,19 @@ def check_suite(name: str, description: str, ours_url: str, limits_uri: str) -> 
         suite.compare(f"ours {short} async", f"limits {short} async")
     gcra = RateLimiter(ours_url, strategy="token_bucket", prefix=PREFIX)
     suite.add("ours token bucket sync", lambda: gcra.hit_sync(limit, "user:1"))
+    # A rule with two limits: ours checks both in one atomic call; limits (and slowapi)
+    # hit them one by one.
+    two = Rule(TWO, key="user:1")
+    two_items = [parse(text) for text in TWO.split(";")]
+    two_peer = SlidingWindowCounterRateLimiter(store)
+    suite.add(
+        "ours sliding sync, 2-limit rule", lambda: ours["sliding_window"].check_sync(two, "user:1")
+    )
+    suite.add(
+        "limits sliding sync, 2 limits",
+        lambda: all(two_peer.hit(i, "user", "4") for i in two_items),
+    )
+    suite.compare("ours sliding sync, 2-limit rule", "limits sliding sync, 2 limits")
     suite.note("limits has no token bucket/GCRA; that row has no peer.")
     suite.note("ours returns remaining/reset/retry with every check; limits' hit() a bool.")
     if redis:
@@ -131,6 +145,10 @@ def round_trips(fixed: RateLimiter, sliding: RateLimiter, store: Any) -> list[st
             FixedWindowRateLimiter(store).hit(item, "rt"),
             FixedWindowRateLimiter(store).get_window_stats(item, "rt"),
         ),
+        "ours sliding 2-limit rule": lambda: sliding.check_sync(Rule(TWO, key="rt"), "rt"),
+        "limits sliding 2 limits": lambda: [
+            SlidingWindowCounterRateLimiter(store).hit(parse(t), "rt") for t in TWO.split(";")
+        ],
     }
     for fn in cases.values():
         fn()  # connect and load scripts first
