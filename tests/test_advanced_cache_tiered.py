@@ -170,6 +170,42 @@ async def test_l1_ttl_bounds_staleness_without_invalidation(backend: Backend) ->
     assert await reader.get("k") == "v2"
 
 
+@pytest.mark.anyio
+async def test_any_l1_forgets_entries_when_their_l2_ttl_runs_out(backend: Backend) -> None:
+    now = [0.0]
+    reader = TieredCache(LRUCache(10), backend, ttl=30, invalidate=False, timer=lambda: now[0])
+    writer = TieredCache(LRUCache(10), backend, invalidate=False)
+    await writer.set("k", "v1")
+    assert await reader.get("k") == "v1"  # from L2: kept in L1 at most ttl=30 s
+    await writer.set("k", "v2")
+    now[0] += 29
+    assert await reader.get("k") == "v1"
+    now[0] += 1
+    assert await reader.get("k") == "v2"
+    await reader.set("short", 1, ttl=2)  # a per-item TTL bounds its L1 life too
+    now[0] += 2
+    assert reader.sync.get("short") == 1  # L1's copy expired; L2 (real clock) still has it
+    assert reader.stats().l2_hits == 3
+    assert reader.stats().l1_hits == 1
+
+
+@pytest.mark.anyio
+async def test_l1_ttl_caps_how_long_l1_serves_without_l2() -> None:
+    now = [0.0]
+    tiered = TieredCache(
+        LRUCache(10), "memory://", ttl=300, l1_ttl=5, invalidate=False, timer=lambda: now[0]
+    )
+    await tiered.set("k", 1)
+    await tiered.l2.delete("k")  # changed behind L1's back, no invalidation
+    now[0] += 4
+    assert await tiered.get("k") == 1
+    now[0] += 1
+    assert await tiered.get("k") is None
+    with pytest.raises(ConfigurationError):
+        TieredCache(LRUCache(1), "memory://", l1_ttl=0)
+    await tiered.aclose()
+
+
 # -- invalidation -----------------------------------------------------------------------
 
 
@@ -530,4 +566,4 @@ def test_sync_use_from_many_threads_keeps_l1_consistent() -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert all(tiered.l1.peek(k) == k for k in tiered.l1)
+    assert all(tiered.l1.peek(k)[0] == k for k in tiered.l1)

@@ -6,7 +6,9 @@ import asyncio
 import inspect
 import json
 import logging
+import math
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,7 +65,8 @@ class TieredCache:
 
     When L2 fails, ``fail_open=True`` (default) serves from L1 and the loader and logs once
     per outage; ``fail_open=False`` raises :class:`ServiceUnavailable` (a 503, never a
-    500). L1 values are shared objects: treat them as immutable.
+    500). L1 keeps an entry no longer than its L2 TTL, capped by ``l1_ttl``. L1 values are
+    shared objects: treat them as immutable.
     """
 
     def __init__(
@@ -77,6 +80,8 @@ class TieredCache:
         invalidate: bool = True,
         fail_open: bool = True,
         negative_ttl: float | None = None,
+        l1_ttl: float | None = None,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(l1, BaseCache):
             raise ConfigurationError("l1 must be an LRUCache, LFUCache, FIFOCache or TTLCache")
@@ -87,6 +92,10 @@ class TieredCache:
         if negative_ttl is not None and negative_ttl != 0:
             _check_ttl(negative_ttl, "negative_ttl")
         self.negative_ttl = negative_ttl
+        self.l1_ttl = None if l1_ttl is None else _check_ttl(l1_ttl, "l1_ttl")
+        self._timer = timer
+        # A TTLCache expires L1 entries itself; other L1s hold (value, deadline) pairs.
+        self._timed = not isinstance(l1, TTLCache)
         self.namespace = namespace
         self.serializer = resolve_serializer(serializer)
         self.invalidate = invalidate
@@ -96,7 +105,6 @@ class TieredCache:
         self._flights = AsyncFlights()
         self._sync_flights = SyncFlights()
         self._counts = {"l1": 0, "l2": 0, "miss": 0, "load": 0, "err": 0, "inv": 0}
-        self._count_lock = threading.Lock()
         self._down = False
         self._listener: asyncio.Task[None] | None = None
         self._sync_view = SyncTieredCache(self)
@@ -129,21 +137,37 @@ class TieredCache:
     # -- shared helpers -------------------------------------------------------------------
 
     def _count(self, name: str, n: int = 1) -> None:
-        with self._count_lock:
-            self._counts[name] += n
+        # Unlocked, like the caches' hit counters: exact per thread, may undercount a
+        # little under heavy thread contention, never slows the hit path.
+        self._counts[name] += n
 
     def _key(self, key: str) -> str:
         if not isinstance(key, str):
             raise TypeError("TieredCache keys are strings")
         return self.namespace + key
 
+    def _l1_get(self, key: str) -> Any:
+        entry = self.l1.get(key, _MISSING)
+        if entry is _MISSING or not self._timed:
+            return entry
+        if entry[1] <= self._timer():
+            if self.l1.peek(key) is entry:  # not a newer value written meanwhile
+                self.l1.pop(key, None)
+            return _MISSING
+        return entry[0]
+
     def _l1_put(self, key: str, value: Any, ttl: float | None) -> None:
+        # L1 keeps an entry no longer than its L2 TTL (the full TTL for values read from
+        # L2, whose remaining TTL is unknown), capped by l1_ttl.
+        life = self.ttl if ttl is None else ttl
+        if self.l1_ttl is not None:
+            life = self.l1_ttl if life is None else min(life, self.l1_ttl)
         try:
             if isinstance(self.l1, TTLCache):
-                item_ttl = self.l1.ttl if ttl is None else min(ttl, self.l1.ttl)
-                self.l1.set(key, value, ttl=item_ttl)
+                self.l1.set(key, value, ttl=self.l1.ttl if life is None else min(life, self.l1.ttl))
             else:
-                self.l1[key] = value
+                deadline = math.inf if life is None else self._timer() + life
+                self.l1[key] = (value, deadline)
         except ValueError:
             pass  # heavier than the whole L1 (weighted caches): keep it in L2 only
 
@@ -204,7 +228,7 @@ class TieredCache:
         return default if value is _MISSING else value
 
     async def _lookup(self, key: str) -> Any:
-        value = self.l1.get(key, _MISSING)
+        value = self._l1_get(key)
         if value is not _MISSING:
             self._count("l1")
             return value
@@ -265,7 +289,7 @@ class TieredCache:
         seconds when set (``0``: not cached), else like any value.
         """
         self._key(key)  # a bad key fails here, not inside the single-flight
-        value = self.l1.get(key, _MISSING)
+        value = self._l1_get(key)
         if value is not _MISSING:
             self._count("l1")
             return cast(T, value)
@@ -368,8 +392,7 @@ class TieredCache:
 
     def stats(self) -> TieredStats:
         """L1 hits, L2 hits, misses, loads, coalesced loads, L2 errors, invalidations."""
-        with self._count_lock:
-            c = dict(self._counts)
+        c = dict(self._counts)
         return TieredStats(
             l1_hits=c["l1"],
             l2_hits=c["l2"],
@@ -397,7 +420,7 @@ class SyncTieredCache:
 
     def _lookup(self, key: str) -> Any:
         p = self._p
-        value = p.l1.get(key, _MISSING)
+        value = p._l1_get(key)
         if value is not _MISSING:
             p._count("l1")
             return value
@@ -449,7 +472,7 @@ class SyncTieredCache:
     def get_or_load(self, key: str, loader: Callable[[], T], *, ttl: float | None = None) -> T:
         """See :meth:`TieredCache.get_or_load`; threads share one loader call per key."""
         p = self._p
-        value = p.l1.get(key, _MISSING)
+        value = p._l1_get(key)
         if value is not _MISSING:
             p._count("l1")
             return cast(T, value)
