@@ -176,6 +176,11 @@ def test_rule_options_are_validated() -> None:
         RateLimitMiddleware(starlette_app(), rules=[Rule("1/s")], headers="ietf")  # type: ignore[arg-type]
 
 
+def test_a_period_too_large_to_be_finite_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="finite"):
+        Rule("5/" + "9" * 400 + " seconds")
+
+
 def test_limit_keeps_windows_apart_in_storage_keys() -> None:
     backend = MemoryBackend()
     limiter = RateLimiter(backend)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,8 +58,10 @@ class Limit:
             raise ConfigurationError(
                 f"a limit's amount must be an integer >= 1, got {self.amount!r}"
             )
-        if not self.period > 0:
-            raise ConfigurationError(f"a limit's period must be > 0 seconds, got {self.period!r}")
+        if not 0 < self.period < math.inf:  # a huge "5/1e400 seconds" parses as inf
+            raise ConfigurationError(
+                f"a limit's period must be > 0 seconds and finite, got {self.period!r}"
+            )
         object.__setattr__(self, "pairs", ((self.amount, self.period),))
 
     @property
