@@ -433,3 +433,21 @@ async def test_redis_multi_limit_keys_share_one_hash_tag_and_all_expire(
         assert {k[k.index("{") : k.index("}") + 1] for k in keys} == {"{user:42}"}
     finally:
         await backend.aclose()
+
+
+def test_threads_sharing_a_memory_multi_limit_admit_exactly_and_spend_only_admitted() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = MemoryBackend().sync
+    limits = [(100, 1000.0), (60, 5000.0)]
+
+    def worker(_: int) -> int:
+        return sum(
+            all(r.allowed for r in store.rate_limits("sliding_window", "t", limits))
+            for _ in range(50)
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        admitted = sum(pool.map(worker, range(8)))
+    (short,) = store.rate_limits("sliding_window", "t", [(100, 1000.0)], 0)
+    assert (admitted, short.remaining) == (60, 40)
