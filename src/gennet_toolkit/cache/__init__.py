@@ -19,14 +19,9 @@ processes. JSON by default; pickle only with ``secret=`` (signed). See docs/cach
 
 from __future__ import annotations
 
-from gennet_toolkit.cache._core import (
-    MISS,
-    AsyncCachedFunction,
-    Cache,
-    CacheStats,
-    SyncCache,
-    SyncCachedFunction,
-)
+from gennet_toolkit.cache._common import MISS, CacheStats
+from gennet_toolkit.cache._core import Cache
+from gennet_toolkit.cache._decorator import AsyncCachedFunction, SyncCachedFunction
 from gennet_toolkit.cache._serializers import (
     JsonSerializer,
     MsgpackSerializer,
@@ -34,6 +29,7 @@ from gennet_toolkit.cache._serializers import (
     Serializer,
     UnsafeValueError,
 )
+from gennet_toolkit.cache._sync import SyncCache
 
 __all__ = [
     "MISS",
