@@ -104,7 +104,7 @@ def async_cases(
 
 
 def run_async_suite(name: str, description: str, make: Callable[[], Any]) -> None:
-    suite = Suite(name, description=description, baseline="httpx")
+    suite = Suite(name, description=description, baseline="httpx", rounds=31)
     for label, fn in async_cases(make).items():
         suite.add(label, fn)
     suite.compare("ours", "httpx")
@@ -125,6 +125,7 @@ def sync_suite() -> None:
         "http_client-sync-mock",
         description="one successful GET, blocking clients, httpx.MockTransport upstream",
         baseline="httpx",
+        rounds=31,
     )
     suite.add("httpx", lambda: bare.get("/genes/lacZ").status_code)
     suite.add("ours", lambda: ours.get("/genes/lacZ").status_code)

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from hypothesis import given
@@ -32,6 +33,7 @@ from gennet_toolkit.exceptions import (
 from gennet_toolkit.http_client import (
     Breaker,
     ResilientClient,
+    RetryBudget,
     RetryEvent,
     RetryPolicy,
     SyncResilientClient,
@@ -462,6 +464,78 @@ async def test_cancellation_during_backoff_stops_retrying() -> None:
         await client.get("/x")
     assert scope.cancelled_caught
     assert upstream.calls == 1
+
+
+# --------------------------------------------------------------------------- budget
+
+
+async def test_retry_budget_stops_retry_storms() -> None:
+    budget = RetryBudget(ratio=0.5, min_per_second=0, burst=2)
+    client, upstream, _ = make([503], retry_budget=budget)
+    attempts = []
+    for _ in range(4):
+        before = upstream.calls
+        with pytest.raises(UpstreamError):
+            await client.get("/x")
+        attempts.append(upstream.calls - before)
+    # Two tokens to start, half a token per call, one token per retry.
+    assert attempts == [3, 1, 2, 1]
+
+
+def test_retry_budget_earns_tokens_over_time() -> None:
+    fake = FakeTime()
+    budget = RetryBudget(ratio=0, min_per_second=2, burst=3, clock=fake.clock)
+    assert [budget.withdraw() for _ in range(4)] == [True, True, True, False]
+    fake.now += 0.5
+    assert budget.withdraw()
+    assert not budget.withdraw()
+    fake.now += 100
+    assert budget.balance == 3  # capped by burst
+
+
+def test_retry_budget_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENNET_HTTP_RETRY_BUDGET_RATIO", "0.2")
+    monkeypatch.setenv("GENNET_HTTP_RETRY_BUDGET_BURST", "5")
+    client = SyncResilientClient.from_env()
+    budget = client._core.retry_budget
+    assert isinstance(budget, RetryBudget)
+    assert (budget.ratio, budget.min_per_second, budget.burst) == (0.2, 1.0, 5.0)
+    monkeypatch.setenv("GENNET_HTTP_RETRY_BUDGET_BURST", "0")
+    with pytest.raises(ConfigurationError):
+        RetryBudget.from_env()
+
+
+async def test_concurrent_calls_keep_separate_retry_state() -> None:
+    events: list[RetryEvent] = []
+    policy = RetryPolicy(attempts=3, backoff_base=0, backoff_max=0, on_retry=events.append)
+    answers = {"/a": [503, 503, 200], "/b": [502, 200]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(answers[request.url.path].pop(0))
+
+    async def nap(seconds: float) -> None:
+        await anyio.lowlevel.checkpoint()  # let the other call run between attempts
+
+    client = ResilientClient(
+        "http://upstream.test",
+        retry=policy,
+        transport=httpx.MockTransport(handler),
+        sleep=nap,
+        propagate_trace=False,
+    )
+    results: dict[str, int] = {}
+
+    async def call(path: str) -> None:
+        results[path] = (await client.get(path)).status_code
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "/a")
+        tg.start_soon(call, "/b")
+    assert results == {"/a": 200, "/b": 200}
+    by_url: dict[str, list[int]] = {}
+    for e in events:
+        by_url.setdefault(e.url.rsplit("/", 1)[1], []).append(e.attempt)
+    assert by_url == {"a": [1, 2], "b": [1]}
 
 
 # --------------------------------------------------------------------------- hook

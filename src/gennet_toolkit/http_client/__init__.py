@@ -18,6 +18,7 @@ from gennet_toolkit.http_client._core import Breaker, BreakerGuard
 from gennet_toolkit.http_client._policy import (
     DEFAULT_METHODS,
     DEFAULT_STATUSES,
+    RetryBudget,
     RetryEvent,
     RetryPolicy,
     UpstreamTimeout,
@@ -30,6 +31,7 @@ __all__ = [
     "Breaker",
     "BreakerGuard",
     "ResilientClient",
+    "RetryBudget",
     "RetryEvent",
     "RetryPolicy",
     "SyncResilientClient",

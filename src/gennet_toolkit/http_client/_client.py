@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from gennet_toolkit._env import env_float, env_str
 from gennet_toolkit.http_client._core import UNSET, Breaker, Core, ServerError
-from gennet_toolkit.http_client._policy import Plan, RetryPolicy
+from gennet_toolkit.http_client._policy import Plan, RetryBudget, RetryPolicy
 
 if TYPE_CHECKING:
     import httpx
@@ -34,6 +34,7 @@ class _Base:
         *,
         timeout: float | httpx.Timeout | None = 5.0,
         retry: RetryPolicy | None = None,
+        retry_budget: RetryBudget | None = None,
         breaker: Breaker | None = None,
         headers: Mapping[str, str] | None = None,
         limits: httpx.Limits | None = None,
@@ -48,6 +49,7 @@ class _Base:
     ) -> None:
         self._core = Core(
             retry=RetryPolicy() if retry is None else retry,
+            retry_budget=retry_budget,
             breaker=breaker,
             deadline=deadline,
             correlation_header=correlation_header,
@@ -74,8 +76,9 @@ class _Base:
     @classmethod
     def from_env(cls, prefix: str = "GENNET_", **overrides: Any) -> Self:
         """Build from ``{prefix}HTTP_BASE_URL``, ``HTTP_TIMEOUT``, ``HTTP_DEADLINE``
-        (``0`` = none), ``HTTP_CORRELATION_HEADER`` and the ``HTTP_RETRY_*`` variables
-        of :meth:`RetryPolicy.from_env`; keyword arguments win."""
+        (``0`` = none), ``HTTP_CORRELATION_HEADER``, the ``HTTP_RETRY_*`` variables of
+        :meth:`RetryPolicy.from_env` and, if any is set, the ``HTTP_RETRY_BUDGET_*``
+        ones of :meth:`RetryBudget.from_env`; keyword arguments win."""
         kwargs: dict[str, Any] = {}
         if (base_url := env_str(f"{prefix}HTTP_BASE_URL")) is not None:
             kwargs["base_url"] = base_url
@@ -87,6 +90,11 @@ class _Base:
             kwargs["correlation_header"] = header
         if "retry" not in overrides:
             kwargs["retry"] = RetryPolicy.from_env(prefix)
+        if "retry_budget" not in overrides and any(
+            env_str(f"{prefix}HTTP_RETRY_BUDGET_{name}") is not None
+            for name in ("RATIO", "MIN_PER_SECOND", "BURST")
+        ):
+            kwargs["retry_budget"] = RetryBudget.from_env(prefix)
         kwargs.update(overrides)
         return cls(**kwargs)
 

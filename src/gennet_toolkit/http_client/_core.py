@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from gennet_toolkit._context import correlation_id_var
 from gennet_toolkit._optional import require
 from gennet_toolkit.exceptions import ConfigurationError, UpstreamError
-from gennet_toolkit.http_client._policy import Plan, RetryPolicy, UpstreamTimeout
+from gennet_toolkit.http_client._policy import Plan, RetryBudget, RetryPolicy, UpstreamTimeout
 
 if TYPE_CHECKING:
     import httpx
@@ -112,6 +112,7 @@ class Core:
         "raise_server_errors",
         "rand",
         "retry",
+        "retry_budget",
         "tracer_provider",
     )
 
@@ -127,6 +128,7 @@ class Core:
         raise_server_errors: bool,
         clock: Callable[[], float],
         rand: Callable[[], float],
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         hx = _httpx()
         if not isinstance(retry, RetryPolicy):
@@ -138,6 +140,9 @@ class Core:
             raise ConfigurationError("deadline must be a positive number of seconds or None")
         self._httpx = hx
         self.retry = retry
+        if retry_budget is not None and not isinstance(retry_budget, RetryBudget):
+            raise ConfigurationError("retry_budget must be a RetryBudget")
+        self.retry_budget = retry_budget
         self.breaker = breaker
         self.deadline = None if deadline is None else float(deadline)
         self.correlation_header = correlation_header or None
@@ -176,6 +181,8 @@ class Core:
             # A streamed body is consumed by the first attempt; it cannot be replayed.
             idempotent = False
         now = self.clock()
+        if self.retry_budget is not None:
+            self.retry_budget.deposit()
         budget = self.deadline if deadline is UNSET else deadline
         return Plan(
             policy=policy,
@@ -187,6 +194,7 @@ class Core:
             rand=self.rand,
             deadline_at=None if budget is None else now + budget,
             started=now,
+            budget=self.retry_budget,
         )
 
     def begin(self, request: httpx.Request, plan: Plan, base: Mapping[str, Any]) -> float | None:

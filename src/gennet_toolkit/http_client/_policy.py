@@ -11,6 +11,7 @@ import email.utils
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_METHODS",
     "DEFAULT_STATUSES",
+    "RetryBudget",
     "RetryEvent",
     "RetryPolicy",
     "UpstreamTimeout",
@@ -185,6 +187,78 @@ class RetryPolicy:
         return ceiling * rand() if self.jitter else ceiling
 
 
+class RetryBudget:
+    """Caps retries to a share of traffic, so a failing upstream is not hit N times harder.
+
+    Every call deposits ``ratio`` tokens, the budget also earns ``min_per_second``
+    tokens per second (so rare calls can still retry), and every retry spends one
+    token; with none left the call keeps its last outcome instead of retrying. The
+    balance never exceeds ``burst`` (nor starts above it). Share one budget between
+    the clients calling the same upstream; it is thread-safe. Defaults: retries stay
+    under about 10% of calls plus one per second.
+    """
+
+    __slots__ = ("_balance", "_clock", "_lock", "_updated", "burst", "min_per_second", "ratio")
+
+    def __init__(
+        self,
+        *,
+        ratio: float = 0.1,
+        min_per_second: float = 1.0,
+        burst: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        for name, value in (("ratio", ratio), ("min_per_second", min_per_second)):
+            _check(math.isfinite(value) and value >= 0, f"{name} must be a finite number >= 0")
+        _check(math.isfinite(burst) and burst >= 1, "burst must be a finite number >= 1")
+        self.ratio = float(ratio)
+        self.min_per_second = float(min_per_second)
+        self.burst = float(burst)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._balance = self.burst
+        self._updated = clock()
+
+    @classmethod
+    def from_env(cls, prefix: str = "GENNET_", **overrides: Any) -> RetryBudget:
+        """Read ``{prefix}HTTP_RETRY_BUDGET_RATIO``, ``_MIN_PER_SECOND`` and ``_BURST``;
+        keyword arguments win."""
+        p = f"{prefix}HTTP_RETRY_BUDGET_"
+        kwargs: dict[str, Any] = {}
+        for name in ("ratio", "min_per_second", "burst"):
+            if (value := env_float(f"{p}{name.upper()}")) is not None:
+                kwargs[name] = value
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def _refill(self, deposit: float) -> None:
+        now = self._clock()
+        earned = (now - self._updated) * self.min_per_second
+        self._updated = now
+        self._balance = min(self.burst, self._balance + earned + deposit)
+
+    def deposit(self) -> None:
+        """Record one call (its first attempt)."""
+        with self._lock:
+            self._refill(self.ratio)
+
+    def withdraw(self) -> bool:
+        """Spend a token for one retry; ``False`` when the budget is exhausted."""
+        with self._lock:
+            self._refill(0.0)
+            if self._balance < 1.0:
+                return False
+            self._balance -= 1.0
+            return True
+
+    @property
+    def balance(self) -> float:
+        """Tokens available now (one per retry)."""
+        with self._lock:
+            self._refill(0.0)
+            return self._balance
+
+
 @dataclass(slots=True)
 class Plan:
     """One call's retry state: attempts so far, start time and deadline.
@@ -201,6 +275,7 @@ class Plan:
     rand: Callable[[], float]
     deadline_at: float | None
     started: float
+    budget: RetryBudget | None = None
     attempt: int = 0
 
     def remaining(self) -> float | None:
@@ -242,6 +317,9 @@ class Plan:
         remaining = self.remaining()
         # Never sleep into the deadline: an attempt started with no time left is wasted.
         if remaining is not None and wait >= remaining:
+            return None
+        if self.budget is not None and not self.budget.withdraw():
+            logger.debug("retry budget exhausted: not retrying %s %s", self.method, self.url)
             return None
         hook = self.policy.on_retry
         if hook is not None:
