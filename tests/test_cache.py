@@ -584,6 +584,35 @@ def test_pickle_needs_a_secret_and_unknown_serializers_are_refused() -> None:
         Cache(serializer="yaml")
 
 
+def test_msgpack_is_optional_and_says_how_to_install_it() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("msgpack") is None:
+        with pytest.raises(ImportError, match="pip install"):
+            Cache(serializer="msgpack")
+        return
+    cache = Cache(serializer="msgpack")
+    cache.sync.set("k", {"b": b"\x00", "xs": [1, 2]})
+    assert cache.sync.get("k") == {"b": b"\x00", "xs": [1, 2]}
+    with pytest.raises(UnsafeValueError):
+        cache.sync.set("k", (1, 2))
+
+
+def test_custom_serializers_are_accepted_and_used() -> None:
+    class Upper:
+        name = "upper"
+
+        def dumps(self, value: Any) -> bytes:
+            return str(value).upper().encode()
+
+        def loads(self, data: bytes) -> Any:
+            return data.decode()
+
+    cache = Cache(serializer=Upper())
+    cache.sync.set("k", "abc")
+    assert cache.sync.get("k") == "ABC"
+
+
 def test_pickle_values_with_a_bad_signature_read_as_misses() -> None:
     backend = MemoryBackend()
     writer = Cache(backend, serializer="pickle", secret="one")
