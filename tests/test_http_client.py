@@ -6,6 +6,7 @@ waiting); tests against a real uvicorn upstream live in test_http_client_live.py
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import importlib
 import logging
@@ -833,3 +834,28 @@ async def test_without_a_span_or_sdk_no_traceparent_is_invented() -> None:
     client, upstream, _ = make([200], propagate_trace=True)
     await client.get("/x")
     assert "traceparent" not in upstream.seen[0].headers
+
+
+class FlakyTransportError(Exception):
+    """Raised by a custom transport; not an httpx error."""
+
+
+async def test_policy_exceptions_are_retried_for_idempotent_methods_then_reraised() -> None:
+    policy = RetryPolicy(exceptions=(FlakyTransportError,), backoff_base=0, backoff_max=0)
+    client, upstream, _ = make([FlakyTransportError("once"), 200], retry=policy)
+    assert (await client.get("/x")).status_code == 200
+    assert upstream.calls == 2
+    client, upstream, _ = make([FlakyTransportError("always")], retry=policy)
+    with pytest.raises(FlakyTransportError, match="always"):
+        await client.get("/x")
+    assert upstream.calls == 3
+    client, upstream, _ = make([FlakyTransportError("post")], retry=policy)
+    with pytest.raises(FlakyTransportError):
+        await client.post("/x")
+    assert upstream.calls == 1
+
+
+@pytest.mark.parametrize("bad", [asyncio.CancelledError, KeyboardInterrupt, "ValueError", 3])
+def test_cancellation_can_never_be_made_retryable(bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="cancellation is never retried"):
+        RetryPolicy(exceptions=(bad,))

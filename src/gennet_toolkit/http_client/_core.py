@@ -99,6 +99,7 @@ class Core:
     """Everything the two clients share: configuration and the retry decisions."""
 
     __slots__ = (
+        "_builtin",
         "_httpx",
         "_inject",
         "_timeout_types",
@@ -168,7 +169,8 @@ class Core:
         self._timeout_types = (hx.TimeoutException, TimeoutError)
         #: What an attempt may end with that the planner handles; anything else
         #: (cancellation, programming errors, an open breaker) propagates untouched.
-        self.errors: tuple[type[Exception], ...] = (hx.TransportError, TimeoutError)
+        self._builtin: tuple[type[Exception], ...] = (hx.TransportError, TimeoutError)
+        self.errors: tuple[type[Exception], ...] = self._builtin + retry.exceptions
 
     def plan(self, request: httpx.Request, idempotent: bool | None, deadline: float | None) -> Plan:
         """Fresh per-call retry state for ``request``."""
@@ -226,6 +228,13 @@ class Core:
 
     def after_error(self, exc: Exception, plan: Plan) -> float:
         """Seconds to wait before retrying, or raise the toolkit error for ``exc``."""
+        if not isinstance(exc, self._builtin):
+            # One of the policy's own exception types: retried like a read error,
+            # re-raised as it is once that is over.
+            wait = plan.retry_error(exc, unsent=False, transient=True)
+            if wait is None:
+                raise exc
+            return wait
         if isinstance(exc, TimeoutError):
             # The deadline itself ran out (async guard): no time for another attempt.
             raise self._timeout(plan, exc) from exc

@@ -116,6 +116,8 @@ class RetryPolicy:
     - ``retry_unsent``: connection failures (refused, connect timeout, no pooled
       connection) happen before any byte leaves, so they are retried for every method.
     - Read timeouts and broken connections are retried for retryable methods only.
+    - ``exceptions``: more exception types (raised by a custom transport or breaker)
+      retried for retryable methods; once retries run out they propagate unchanged.
     - ``retry_after``: honour the server's ``Retry-After`` (seconds or HTTP-date),
       capped by ``backoff_max`` and by the call's deadline.
     - ``on_retry``: called with a :class:`RetryEvent` before each sleep (metrics,
@@ -131,6 +133,7 @@ class RetryPolicy:
     idempotency_header: str | None = "Idempotency-Key"
     retry_unsent: bool = True
     retry_after: bool = True
+    exceptions: tuple[type[Exception], ...] = ()
     on_retry: Callable[[RetryEvent], Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +155,19 @@ class RetryPolicy:
             "statuses must be HTTP status codes (100-599)",
         )
         _check(not isinstance(self.methods, str), "methods must be a collection of names")
+        extra: object = self.exceptions
+        if isinstance(extra, type):
+            extra = (extra,)
+        if not (
+            isinstance(extra, tuple | list | frozenset | set)
+            and all(isinstance(e, type) and issubclass(e, Exception) for e in extra)
+        ):
+            # BaseExceptions (CancelledError, KeyboardInterrupt) are refused: a
+            # cancelled call must stop, never be retried (jd/tenacity#529).
+            raise ConfigurationError(
+                "exceptions must be Exception subclasses (cancellation is never retried)"
+            )
+        object.__setattr__(self, "exceptions", tuple(extra))
         object.__setattr__(self, "statuses", statuses)
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
 
