@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.resources
+import socket
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -250,6 +253,134 @@ async def test_backend_recovers_after_redis_restart(
     await sub.aclose()
     sync_sub.close()
     await backend.aclose()
+
+
+# Each operation runs once before the restart (so the pool holds an idle connection and
+# the scripts are registered), then is the very first call after it. Redis restarts
+# empty, so a write applied once leaves 1 and a write applied twice would leave 2.
+_FIRST_CALLS: dict[str, tuple[str, Any]] = {
+    "get": ("get", lambda b: b.get("k")),
+    "set": ("set", lambda b: b.set("k", "v")),
+    "incr": ("incr", lambda b: b.incr("n")),
+    "incr with ttl (Lua)": ("incr", lambda b: b.incr("n", ttl=60)),
+    "gcra (Lua, NOSCRIPT)": ("gcra", lambda b: b.gcra("g", 5, 10)),
+}
+
+
+async def _result(value: Any) -> Any:
+    return await value if asyncio.iscoroutine(value) else value
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("form", ["async", "sync"])
+@pytest.mark.parametrize("op", list(_FIRST_CALLS))
+async def test_first_call_after_redis_restart_succeeds_and_writes_once(
+    redis_server: RedisServer, form: str, op: str
+) -> None:
+    backend = RedisBackend(redis_server.url)
+    target: Any = backend if form == "async" else backend.sync
+    kind, call = _FIRST_CALLS[op]
+    await _result(call(target))
+
+    # No await between the kill and the call: the event loop never saw the FIN, so
+    # only a kernel-level check of the pooled socket can notice it.
+    redis_server.restart()
+    result = await _result(call(target))
+
+    if kind == "get":
+        assert result is None  # the dataset is gone
+    elif kind == "set":
+        assert result is True
+        assert await _result(target.get("k")) == b"v"
+    elif kind == "incr":
+        assert result == 1
+        assert await _result(target.get("n")) == b"1"
+    else:
+        assert result.allowed  # script registered again
+        assert result.remaining == 4
+    await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_first_subscription_read_after_redis_restart_resubscribes(
+    redis_server: RedisServer,
+) -> None:
+    backend = RedisBackend(redis_server.url)
+    sub, sync_sub = await backend.subscribe("ch"), backend.sync.subscribe("ch")
+    await backend.ping()
+
+    redis_server.restart()
+    # The first read meets the dead connection, connects again and resubscribes.
+    assert await sub.get(timeout=0.2) is None
+    assert sync_sub.get(timeout=0.2) is None
+    assert await backend.publish("ch", "after") == 2  # both subscribed again
+    assert await sub.get(timeout=5) == Message("ch", b"after")
+    assert sync_sub.get(timeout=5) == Message("ch", b"after")
+    await sub.aclose()
+    sync_sub.close()
+    await backend.aclose()
+
+
+class _ReplyCutter:
+    """A loopback TCP proxy to Redis that, once armed, lets the next command reach Redis
+    and run, then closes the client's connection instead of relaying the reply."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+        self.armed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self._port))
+                self._sockets += [client, upstream]
+                threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=self._reply, args=(upstream, client), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+
+    def _reply(self, upstream: socket.socket, client: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if self.armed.is_set():  # Redis has run the command: lose its reply
+                    self.armed.clear()
+                    client.shutdown(socket.SHUT_RDWR)
+                    return
+                client.sendall(data)
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("form", ["async", "sync"])
+@pytest.mark.parametrize("ttl", [None, 60.0], ids=["INCRBY", "Lua"])
+async def test_a_write_whose_reply_is_lost_is_never_sent_again(
+    redis_server: RedisServer, form: str, ttl: float | None
+) -> None:
+    proxy = _ReplyCutter(redis_server.port)
+    backend = RedisBackend(proxy.url)
+    target: Any = backend if form == "async" else backend.sync
+    try:
+        assert await _result(target.incr("n", ttl=ttl)) == 1
+        proxy.armed.set()
+        with pytest.raises(ServiceUnavailable):
+            await _result(target.incr("n", ttl=ttl))
+        # Redis ran it once; a re-send on a fresh connection would have made it 3.
+        assert await _result(target.get("n")) == b"2"
+    finally:
+        await backend.aclose()
+        proxy.close()
 
 
 @pytest.mark.anyio

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import select
 from dataclasses import dataclass
+from functools import cache
 from types import ModuleType
 from typing import Any
 
@@ -63,6 +65,71 @@ class RedisOptions:
             "socket_connect_timeout": self.socket_connect_timeout,
             "retry": retry,
         }
+
+
+# Poll bits meaning "the peer closed or reset this socket". POLLRDHUP (Linux) reports
+# the peer's FIN even while unread data is pending, and never fires for mere data (a TLS
+# session ticket, a RESP3 push); where it does not exist, any readiness on an idle
+# pooled connection counts, which at worst costs one needless reconnect.
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
+_CLOSED = (
+    _POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL if hasattr(select, "poll") else 0
+)
+
+
+def peer_closed(connection: Any) -> bool:
+    """Whether the server already closed an idle, connected ``redis.asyncio`` connection.
+
+    redis-py's pool check (``can_read()``) only looks at what the event loop has
+    already read into the connection's ``StreamReader``. When the loop has not run
+    since Redis died (a busy loop, or no await in between), the server's FIN still
+    sits in the kernel, the check passes, and the command is written into a dead
+    socket: its failure is only seen on the read, after the send, where it cannot be
+    told apart from a command that Redis did run, so it can never be retried safely.
+    Asking the kernel (one ``poll`` with no timeout) catches the closed socket before
+    anything is sent. Unknown connection shapes answer ``False``: redis-py's own check
+    still applies.
+    """
+    transport = getattr(getattr(connection, "_writer", None), "transport", None)
+    if transport is None:
+        return False
+    if transport.is_closing():
+        return True
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    fd = sock.fileno()
+    if fd < 0:
+        return True
+    if _CLOSED:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | _CLOSED)
+        events = poller.poll(0)
+        mask = _CLOSED if _POLLRDHUP else _CLOSED | select.POLLIN
+        return any(revents & mask for _, revents in events)
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
+
+
+@cache
+def checked_async_pool(base: Any) -> Any:
+    """``base`` (redis.asyncio's BlockingConnectionPool) that drops dead idle connections.
+
+    Before redis-py's own checks, a pooled connection whose server has gone (see
+    :func:`peer_closed`) is disconnected, so the pool connects afresh and the first
+    command after a Redis restart succeeds. Nothing is ever re-sent.
+    """
+
+    async def ensure_connection(self: Any, connection: Any) -> None:
+        if connection.is_connected and peer_closed(connection):
+            await connection.disconnect()
+        await base.ensure_connection(self, connection)
+
+    return type(
+        "CheckedBlockingConnectionPool",
+        (base,),
+        {"ensure_connection": ensure_connection, "__doc__": checked_async_pool.__doc__},
+    )
 
 
 def translate(exc: BaseException, redis: ModuleType) -> Exception:

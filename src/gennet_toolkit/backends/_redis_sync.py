@@ -207,6 +207,7 @@ class _RedisSyncSubscription(SyncSubscription):
 
     def get(self, timeout: float | None = None) -> Message | None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        may_reconnect = True
         while not self._closed:
             wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
             if wait <= 0:
@@ -216,7 +217,11 @@ class _RedisSyncSubscription(SyncSubscription):
             except self._redis.RedisError as exc:
                 if self.closed:  # by another task or thread while this one waited
                     return None
+                if may_reconnect and self._reconnect(exc):
+                    may_reconnect = False
+                    continue
                 raise translate(exc, self._redis) from exc
+            may_reconnect = True
             if reply is not None and reply["type"] == "message":
                 return Message(channel_name(reply["channel"], self._strip), reply["data"])
         return None
@@ -228,3 +233,19 @@ class _RedisSyncSubscription(SyncSubscription):
         # the connection is gone already, which is what closing wants
         with contextlib.suppress(self._redis.RedisError):
             self._pubsub.close()
+
+    def _reconnect(self, exc: BaseException) -> bool:
+        """After a lost connection, connect again and resubscribe; ``False`` if Redis is down.
+
+        A subscription only reads, and SUBSCRIBE is idempotent, so reconnecting can
+        never apply anything twice (unlike re-sending a command).
+        """
+        conn = self._pubsub.connection
+        if conn is None or not isinstance(exc, self._redis.ConnectionError):
+            return False
+        try:
+            conn.disconnect()
+            conn.connect()  # its connect callback subscribes to every channel again
+        except self._redis.RedisError:
+            return False
+        return True

@@ -23,7 +23,12 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from gennet_toolkit.backends._redis_common import RedisOptions, load_redis, translate
+from gennet_toolkit.backends._redis_common import (
+    RedisOptions,
+    checked_async_pool,
+    load_redis,
+    translate,
+)
 from gennet_toolkit.backends._redis_ops import Op, Ops, channel_name, script
 from gennet_toolkit.backends._redis_sync import RedisSync
 from gennet_toolkit.backends.base import (
@@ -108,7 +113,8 @@ class RedisBackend(Backend):
                     for dead in [lp for lp in self._clients if lp.is_closed()]:
                         del self._clients[dead]
                     aio = self._redis.asyncio
-                    pool = aio.BlockingConnectionPool.from_url(
+                    pool_class = checked_async_pool(aio.BlockingConnectionPool)
+                    pool = pool_class.from_url(
                         self._url, **self.options.pool_kwargs(self._redis, asyncio=True)
                     )
                     entry = self._clients[loop] = _LoopClient(aio.Redis(connection_pool=pool))
@@ -282,6 +288,7 @@ class _RedisSubscription(Subscription):
 
     async def get(self, timeout: float | None = None) -> Message | None:  # noqa: ASYNC109
         deadline = None if timeout is None else time.monotonic() + timeout
+        may_reconnect = True
         while not self._closed:
             wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
             if wait <= 0:
@@ -291,7 +298,11 @@ class _RedisSubscription(Subscription):
             except self._redis.RedisError as exc:
                 if self.closed:  # by another task or thread while this one waited
                     return None
+                if may_reconnect and await self._reconnect(exc):
+                    may_reconnect = False
+                    continue
                 raise translate(exc, self._redis) from exc
+            may_reconnect = True
             if reply is not None and reply["type"] == "message":
                 return Message(channel_name(reply["channel"], self._strip), reply["data"])
         return None
@@ -303,3 +314,19 @@ class _RedisSubscription(Subscription):
         # the connection is gone already, which is what closing wants
         with contextlib.suppress(self._redis.RedisError):
             await self._pubsub.aclose()
+
+    async def _reconnect(self, exc: BaseException) -> bool:
+        """After a lost connection, connect again and resubscribe; ``False`` if Redis is down.
+
+        A subscription only reads, and SUBSCRIBE is idempotent, so reconnecting can
+        never apply anything twice (unlike re-sending a command).
+        """
+        conn = self._pubsub.connection
+        if conn is None or not isinstance(exc, self._redis.ConnectionError):
+            return False
+        try:
+            await conn.disconnect()
+            await conn.connect()  # its connect callback subscribes to every channel again
+        except self._redis.RedisError:
+            return False
+        return True
