@@ -270,3 +270,35 @@ async def test_fifty_callers_in_one_process_use_few_redis_commands(
     assert calls == 1
     assert cache.stats().coalesced == 49
     await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_single_flight_still_holds_while_redis_is_down() -> None:
+    cache = Cache(closed_port_url())
+    calls = 0
+
+    @cache.cached()
+    async def slow() -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.02)
+        return 3
+
+    assert await asyncio.gather(*[slow() for _ in range(20)]) == [3] * 20
+    assert calls == 1
+    await cache.aclose()
+
+
+def test_from_env_falls_back_to_the_shared_backend_url(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, redis_prefix: str
+) -> None:
+    monkeypatch.delenv("GENNET_CACHE_URL", raising=False)
+    monkeypatch.setenv("GENNET_BACKEND_URL", redis_url)
+    cache = Cache.from_env(namespace=redis_prefix.rstrip(":").replace(":", "-"))
+    try:
+        assert type(cache.backend).__name__ == "RedisBackend"
+        cache.sync.set("k", [1])
+        assert cache.sync.get("k") == [1]
+        assert cache.sync.clear() == 1
+    finally:
+        cache.sync.close()
