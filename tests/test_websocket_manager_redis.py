@@ -65,6 +65,10 @@ def tiny_socket(host: str) -> socket.socket:
     return sock
 
 
+def subscribed(manager: ConnectionManager) -> bool:
+    return manager._relay is not None and manager._relay.subscribed.is_set()
+
+
 def manager_for(url: str, prefix: str, **kw: Any) -> ConnectionManager:
     return ConnectionManager(url, heartbeat_interval=None, channel_prefix=prefix, **kw)
 
@@ -210,7 +214,7 @@ async def test_redis_restart_local_delivery_continues_then_instances_reconnect(
             assert "during-1" not in b.sent  # lost: published while Redis was down
 
             redis_server.start()
-            await until(lambda: one._subscribed.is_set() and two._subscribed.is_set(), 30)
+            await until(lambda: subscribed(one) and subscribed(two), 30)
 
             async def delivered() -> bool:
                 await one.broadcast("r", "after")

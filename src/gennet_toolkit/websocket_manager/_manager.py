@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any, Literal, Self
@@ -15,6 +13,7 @@ from gennet_toolkit.backends import Backend, from_url
 from gennet_toolkit.backends.memory import MemoryBackend
 from gennet_toolkit.exceptions import BadRequest, ConfigurationError, Conflict
 from gennet_toolkit.websocket_manager._client import Client, Close
+from gennet_toolkit.websocket_manager._relay import Relay
 from gennet_toolkit.websocket_manager._wire import (
     GOING_AWAY,
     MAX_NAME,
@@ -35,8 +34,6 @@ __all__ = ["ConnectionManager"]
 
 Overflow = Literal["disconnect", "drop_oldest", "drop_new"]
 _OVERFLOWS = ("disconnect", "drop_oldest", "drop_new")
-# How long the listener waits for a message before probing its own subscription.
-_PROBE_INTERVAL = 5.0
 
 
 def _check_name(value: object, what: str) -> str:
@@ -50,10 +47,6 @@ def _state_is(websocket: object, attr: str, name: str) -> bool:
     # Starlette's WebSocketState enum, read by name so Starlette need not be imported.
     state = getattr(websocket, attr, None)
     return getattr(state, "name", None) == name
-
-
-def _backoff(attempt: int) -> float:
-    return min(5.0, 0.1 * 2.0 ** min(attempt, 6)) * (0.5 + random.random() / 2)
 
 
 class ConnectionManager:
@@ -131,16 +124,23 @@ class ConnectionManager:
         self._clients: dict[str, Client] = {}
         self._rooms: dict[str, dict[str, Client]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._listener: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._publish_down = False
-        self._publish_failures = 0
-        self._publish_retry_at = 0.0
         self._stats = dict.fromkeys(
             ("dropped", "overflowed", "publish_failed", "resubscribed", "gaps", "remote_received"),
             0,
+        )
+        self._relay = (
+            Relay(
+                self._backend,
+                channel=self.channel,
+                instance_id=self.instance_id,
+                stats=self._stats,
+                on_envelope=self._apply,
+                on_gap=self._gap,
+            )
+            if self.distributed
+            else None
         )
 
     @classmethod
@@ -190,9 +190,9 @@ class ConnectionManager:
         self._clients.clear()
         self._rooms.clear()
         self._tasks = set()
-        self._listener = None
         self._watchdog = None
-        self._subscribed = asyncio.Event()
+        if self._relay is not None:
+            self._relay.reset()
 
     async def start(self) -> None:
         """Subscribe to the shared channel (done by the first ``connect`` otherwise).
@@ -203,11 +203,8 @@ class ConnectionManager:
         self._bind()
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch(), name="ws-manager-watchdog")
-        if not self.distributed or self._listener is not None:
-            return
-        attempted = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(attempted), name="ws-manager-listener")
-        await attempted.wait()
+        if self._relay is not None:
+            await self._relay.start()
 
     async def aclose(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
         """Close every client with ``code`` (1001), stop every task, release the backend."""
@@ -219,12 +216,12 @@ class ConnectionManager:
             if client.task is not None:
                 client.task.cancel()
         await asyncio.gather(*(self._close_socket(c, code, reason) for c in clients))
-        for name in ("_listener", "_watchdog"):
-            task = getattr(self, name)
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                setattr(self, name, None)
+        if self._relay is not None:
+            await self._relay.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
@@ -443,8 +440,8 @@ class ConnectionManager:
         # Let the senders run: a tight loop of broadcasts that never yields would
         # fill every queue and drop healthy clients along with slow ones.
         await asyncio.sleep(0)
-        if self.distributed:
-            await self._publish(
+        if self._relay is not None:
+            await self._relay.publish(
                 Envelope("msg", self.instance_id, room=room, exclude=skip, data=data)
             )
         return queued
@@ -582,96 +579,13 @@ class ConnectionManager:
     # ------------------------------------------------------------------ other instances
 
     async def _publish(self, envelope: Envelope) -> None:
-        if not self.distributed:
-            return
-        now = time.monotonic()
-        if now < self._publish_retry_at:
-            self._stats["publish_failed"] += 1
-            return
-        try:
-            await self._backend.publish(self.channel, envelope.pack())
-        except Exception as exc:  # local delivery must go on whatever broke
-            self._stats["publish_failed"] += 1
-            self._publish_failures += 1
-            # Skip publishing for a growing moment: each attempt could wait a full timeout.
-            self._publish_retry_at = now + _backoff(self._publish_failures)
-            if not self._publish_down:
-                self._publish_down = True
-                logger.warning(
-                    "websocket broadcast to other instances failed (%s); local clients still"
-                    " receive, messages for other instances are lost until the backend is back",
-                    type(exc).__name__,
-                )
-            return
-        if self._publish_down:
-            self._publish_down = False
-            self._publish_failures = 0
-            logger.warning("websocket broadcasts reach other instances again")
-            # Other instances missed what failed to publish, without any error of
-            # their own: tell them, so their clients get resync_message too.
-            self._gap()
-            with contextlib.suppress(Exception):
-                await self._backend.publish(self.channel, Envelope("gap", self.instance_id).pack())
+        if self._relay is not None:
+            await self._relay.publish(envelope)
 
     def _gap(self) -> None:
         self._stats["gaps"] += 1
         if self._resync is not None:
             self._deliver(None, self._resync, ())
-
-    async def _listen(self, attempted: asyncio.Event) -> None:
-        attempt, outage, ever = 0, False, False
-        while True:
-            try:
-                sub = await self._backend.subscribe(self.channel)
-            except Exception as exc:  # retried until the backend is back
-                if not outage:
-                    outage = True
-                    logger.warning(
-                        "websocket manager cannot subscribe to the backend (%s); retrying",
-                        type(exc).__name__,
-                    )
-                attempted.set()
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
-                continue
-            if ever:
-                self._stats["resubscribed"] += 1
-                logger.warning(
-                    "websocket manager resubscribed; messages published meanwhile are lost"
-                )
-                self._gap()
-            ever, outage, attempt = True, False, 0
-            self._subscribed.set()
-            attempted.set()
-            try:
-                await self._read(sub)
-            except Exception as exc:  # connection lost: resubscribe
-                outage = True
-                logger.warning(
-                    "websocket manager lost its subscription (%s); resubscribing",
-                    type(exc).__name__,
-                )
-            finally:
-                self._subscribed.clear()
-                with contextlib.suppress(Exception):
-                    await sub.aclose()
-
-    async def _read(self, sub: Any) -> None:
-        probe = Envelope("probe", self.instance_id).pack()
-        while True:
-            msg = await sub.get(timeout=_PROBE_INTERVAL)
-            if msg is None:
-                # Idle (or closed under us): a publish nobody hears means we are not
-                # subscribed any more, even if no error said so.
-                if await self._backend.publish(self.channel, probe) == 0:
-                    logger.warning("websocket manager subscription went silent; resubscribing")
-                    return
-                continue
-            envelope = Envelope.unpack(msg.data)
-            if envelope is None or envelope.origin == self.instance_id:
-                continue
-            self._stats["remote_received"] += 1
-            self._apply(envelope)
 
     def _apply(self, envelope: Envelope) -> None:
         op, target = envelope.op, envelope.target
