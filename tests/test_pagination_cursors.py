@@ -361,6 +361,21 @@ def test_fuzzed_unsigned_cursor_pages_or_is_400_on_the_database(
     assert len(page.items) <= 4
 
 
+@pytest.mark.parametrize("value", [2**31, -(2**31) - 1, 2**63 - 1])
+def test_unsigned_cursor_int_wider_than_the_column_is_400_not_a_driver_error(
+    session: Session, value: int
+) -> None:
+    pager = CursorPaginator(order_by=[Gene.score.desc(), Gene.symbol], page_size=4)
+    probe = pager.paginate(session, select(Gene)).next_cursor
+    assert probe is not None
+    cursor = pager.codec.encode([value, "g01", 1], "a", _bound_of(probe))
+    if session.get_bind().dialect.name == "sqlite":  # SQLite integers are 64-bit
+        pager.paginate(session, select(Gene), cursor)
+        return
+    with pytest.raises(InvalidCursor):
+        pager.paginate(session, select(Gene), cursor)
+
+
 def _bound_of(cursor: str) -> str:
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     payload = json.loads(raw[1:].decode())

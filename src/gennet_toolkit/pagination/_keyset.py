@@ -12,7 +12,7 @@ from sqlalchemy.exc import NoInspectionAvailable
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import ColumnElement, Label, UnaryExpression
 from sqlalchemy.sql.selectable import FromClause, Join
-from sqlalchemy.types import DateTime
+from sqlalchemy.types import BigInteger, DateTime, Integer, SmallInteger
 
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.pagination._paginator import InvalidSort
@@ -63,6 +63,10 @@ class SortKey:
             return type(value) is dt.date
         if not isinstance(value, t):
             return False
+        if type(value) is int and dialect != "sqlite":
+            # PostgreSQL binds to the column's width: a larger int is a driver error.
+            bits = _int_bits(self.expr.type)
+            return -(1 << (bits - 1)) <= value < (1 << (bits - 1))
         if isinstance(value, dt.datetime):
             aware = value.utcoffset() is not None
             want = self.tz_aware
@@ -70,6 +74,16 @@ class SortKey:
                 want = True
             return want is None or aware == want
         return True
+
+
+def _int_bits(sql_type: Any) -> int:
+    if isinstance(sql_type, BigInteger):
+        return 64
+    if isinstance(sql_type, SmallInteger):
+        return 16
+    if isinstance(sql_type, Integer):
+        return 32
+    return 64
 
 
 def _unwrap(item: OrderSpec, stmt: Select[Any]) -> tuple[ColumnElement[Any], bool, bool | None]:
