@@ -24,7 +24,10 @@ EXTRA_PACKAGES: dict[str, frozenset[str]] = {
     "brotli": frozenset({"brotli"}),
     "http": frozenset({"httpx", "httpcore", "h11", "tenacity"}),
     # pybreaker is a benchmark peer only: no module may import it.
-    "_peers": frozenset({"pybreaker", "cachetools", "limits", "slowapi", "casbin"}),
+    "msgpack": frozenset({"msgpack"}),
+    "_peers": frozenset(
+        {"pybreaker", "cachetools", "limits", "slowapi", "casbin", "cashews", "aiocache"}
+    ),
     "sql": frozenset({"sqlalchemy", "aiosqlite", "greenlet"}),
     "postgres": frozenset({"asyncpg", "psycopg", "psycopg_binary"}),
     "jsonschema": frozenset({"jsonschema", "jsonschema_specifications", "referencing"}),
@@ -55,7 +58,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "gennet_toolkit.rate_limit": frozenset(),
     "gennet_toolkit.validation": frozenset(),
     # resilience and state
-    "gennet_toolkit.cache": frozenset(),
+    "gennet_toolkit.cache": frozenset({"msgpack"}),
     "gennet_toolkit.advanced_cache": frozenset(),
     "gennet_toolkit.circuit_breaker": frozenset(),
     "gennet_toolkit.http_client": frozenset({"http"}),
