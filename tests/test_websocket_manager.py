@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
 from starlette.testclient import TestClient
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gennet_toolkit import websocket_manager
 from gennet_toolkit.backends import MemoryBackend
@@ -468,3 +469,71 @@ async def test_resync_message_goes_to_local_clients_after_a_resubscription() -> 
         await until(lambda: manager.stats["resubscribed"] == 1, 30)
         await until(lambda: sock.sent == ['{"type":"resync"}'])
     await backend.aclose()
+
+
+def test_a_socket_the_endpoint_accepted_itself_is_not_accepted_twice() -> None:
+    manager = ConnectionManager(heartbeat_interval=None)
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept(subprotocol="grn.v1")
+        async with manager.session(websocket, "a"):
+            async for _ in manager.iter_messages(websocket):
+                await manager.send_to("a", "pong")
+
+    app = Starlette(routes=[WebSocketRoute("/ws", ws)], lifespan=manager.lifespan)
+    with TestClient(app) as http, http.websocket_connect("/ws", subprotocols=["grn.v1"]) as c:
+        assert c.accepted_subprotocol == "grn.v1"
+        c.send_bytes(b"ping")
+        assert c.receive_text() == "pong"
+
+
+def test_connect_passes_the_subprotocol_to_the_handshake() -> None:
+    manager = ConnectionManager(heartbeat_interval=None)
+
+    async def ws(websocket: WebSocket) -> None:
+        async with manager.session(websocket, subprotocol="grn.v1"):
+            async for _ in manager.iter_messages(websocket):
+                pass
+
+    app = Starlette(routes=[WebSocketRoute("/ws", ws)], lifespan=manager.lifespan)
+    with TestClient(app) as http, http.websocket_connect("/ws", subprotocols=["grn.v1"]) as c:
+        assert c.accepted_subprotocol == "grn.v1"
+
+
+def test_from_env_with_a_redis_url_is_distributed_and_connects_lazily(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENNET_WEBSOCKET_BACKEND", "redis://127.0.0.1:1/0")  # nothing listens
+    manager = ConnectionManager.from_env()
+    assert manager.distributed
+    assert "127.0.0.1" not in repr(manager)
+
+
+@pytest.mark.anyio
+async def test_iter_messages_yields_text_and_bytes_until_disconnect() -> None:
+    class Receiver:
+        def __init__(self, messages: list[dict[str, Any]]) -> None:
+            self.messages = messages
+            self.closed: int | None = None
+
+        async def receive(self) -> dict[str, Any]:
+            return self.messages.pop(0)
+
+        async def close(self, code: int = 1000, reason: str | None = None) -> None:
+            self.closed = code
+
+    sock = Receiver(
+        [
+            {"type": "websocket.receive", "text": "a"},
+            {"type": "websocket.receive", "bytes": b"b"},
+            {"type": "websocket.disconnect", "code": 1000},
+        ]
+    )
+    got = [m async for m in websocket_manager.iter_messages(sock, max_size=10)]
+    assert got == ["a", b"b"]
+    assert sock.closed is None
+    big = Receiver([{"type": "websocket.receive", "bytes": b"x" * 11}])
+    assert [m async for m in websocket_manager.iter_messages(big, max_size=10)] == []
+    assert big.closed == 1009
+    with pytest.raises(ValueError, match="max_size"):
+        [m async for m in websocket_manager.iter_messages(big, max_size=0)]
