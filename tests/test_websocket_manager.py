@@ -537,3 +537,24 @@ async def test_iter_messages_yields_text_and_bytes_until_disconnect() -> None:
     assert big.closed == 1009
     with pytest.raises(ValueError, match="max_size"):
         [m async for m in websocket_manager.iter_messages(big, max_size=0)]
+
+
+@pytest.mark.anyio
+async def test_ending_a_dropped_session_leaves_a_new_connection_with_the_same_id_alone() -> None:
+    backend = MemoryBackend()  # shared: a stray "close" would be forwarded too
+    async with ConnectionManager(backend, heartbeat_interval=None, send_queue_size=1) as manager:
+        old = FakeSocket(stall=True)
+        session = manager.session(old, "a")
+        await session.__aenter__()
+        for text in ("taken by the stalled sender", "buffered", "overflows"):
+            await manager.send_to("a", text)
+        assert old.closed == 1013 or "a" not in manager
+        new = FakeSocket()
+        await manager.connect(new, "a")
+        await session.__aexit__(None, None, None)
+        assert "a" in manager
+        await manager.send_to("a", "hi")
+        await until(lambda: new.sent == ["hi"])
+        assert new.closed is None
+        await until(lambda: old.closed == 1013)
+    await backend.aclose()

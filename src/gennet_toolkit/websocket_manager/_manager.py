@@ -263,6 +263,17 @@ class ConnectionManager:
         accepted already) and raises :class:`~gennet_toolkit.exceptions.Conflict`.
         ``rooms`` are joined at once.
         """
+        client = await self._connect(websocket, client_id, rooms, subprotocol, headers)
+        return client.id
+
+    async def _connect(
+        self,
+        websocket: WebSocketLike,
+        client_id: str | None,
+        rooms: Iterable[str],
+        subprotocol: str | None,
+        headers: Iterable[tuple[bytes, bytes]] | None,
+    ) -> Client:
         client_id = uuid.uuid4().hex if client_id is None else _check_name(client_id, "client_id")
         room_names = [_check_name(r, "room") for r in rooms]
         await self.start()
@@ -286,10 +297,9 @@ class ConnectionManager:
             except BaseException:
                 self._forget(client)
                 raise
-        if client.closed:  # disconnected or dropped during the handshake
-            return client_id
-        client.task = asyncio.create_task(self._sender(client), name=f"ws-send-{client_id}")
-        return client_id
+        if not client.closed:  # not disconnected or dropped during the handshake
+            client.task = asyncio.create_task(self._sender(client), name=f"ws-send-{client_id}")
+        return client
 
     @contextlib.asynccontextmanager
     async def session(
@@ -301,11 +311,13 @@ class ConnectionManager:
         subprotocol: str | None = None,
     ) -> AsyncIterator[str]:
         """``connect`` on entry, ``disconnect`` on exit (also on errors and cancellation)."""
-        cid = await self.connect(websocket, client_id, rooms=rooms, subprotocol=subprotocol)
+        client = await self._connect(websocket, client_id, rooms, subprotocol, None)
         try:
-            yield cid
+            yield client.id
         finally:
-            await self.disconnect(cid)
+            # This connection only: never a client that reused the id since, here or on
+            # another instance.
+            await self._disconnect(client, NORMAL, "")
 
     async def disconnect(self, client_id: str, code: int = NORMAL, reason: str = "") -> bool:
         """Send what is queued for ``client_id``, then close it with ``code``.
@@ -317,17 +329,22 @@ class ConnectionManager:
         if client is None:
             await self._publish(Envelope("close", self.instance_id, target=client_id, code=code))
             return False
+        await self._disconnect(client, code, reason)
+        return True
+
+    async def _disconnect(self, client: Client, code: int, reason: str) -> None:
+        if client.closed:  # dropped or closed already; its socket was closed then
+            return
         self._forget(client)
         task = client.task
         if task is None or task.done():
             await self._close_socket(client, code, reason)
-            return True
+            return
         client.push(Close(code, reason))
         done, _ = await asyncio.wait([task], timeout=self.close_timeout)
         if not done:
             task.cancel()
             await self._close_socket(client, code, reason)
-        return True
 
     def iter_messages(self, websocket: ReceivingWebSocket) -> AsyncIterator[str | bytes]:
         """:func:`~gennet_toolkit.websocket_manager.iter_messages` with ``max_message_size``."""
