@@ -558,3 +558,42 @@ async def test_ending_a_dropped_session_leaves_a_new_connection_with_the_same_id
         assert new.closed is None
         await until(lambda: old.closed == 1013)
     await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_broadcast_to_several_rooms_reaches_each_client_once_on_every_instance() -> None:
+    backend = MemoryBackend()
+    one = ConnectionManager(backend, heartbeat_interval=None)
+    two = ConnectionManager(backend, heartbeat_interval=None)
+    async with one, two:
+        both, only_x, none = FakeSocket(), FakeSocket(), FakeSocket()
+        remote_both = FakeSocket()
+        await one.connect(both, "both", rooms=["x", "y"])
+        await one.connect(only_x, "only_x", rooms=["x"])
+        await one.connect(none, "none", rooms=["z"])
+        await two.connect(remote_both, "remote_both", rooms=["x", "y"])
+        assert await one.broadcast(["x", "y", "x"], "hi") == 2
+        assert await one.broadcast([], "nobody") == 0
+        await until(lambda: remote_both.sent == ["hi"])
+        await asyncio.sleep(0.05)
+        assert both.sent == ["hi"]
+        assert only_x.sent == ["hi"]
+        assert none.sent == []
+        assert remote_both.sent == ["hi"]
+    await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_close_room_empties_it_on_every_instance() -> None:
+    backend = MemoryBackend()
+    one = ConnectionManager(backend, heartbeat_interval=None)
+    two = ConnectionManager(backend, heartbeat_interval=None)
+    async with one, two:
+        await one.connect(FakeSocket(), "a", rooms=["x", "keep"])
+        await two.connect(FakeSocket(), "b", rooms=["x"])
+        assert await one.close_room("x") == 1
+        await until(lambda: two.count("x") == 0)
+        assert one.presence() == {"keep": 1}
+        assert one.rooms("a") == {"keep"}
+        assert "b" in two
+    await backend.aclose()

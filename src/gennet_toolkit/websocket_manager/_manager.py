@@ -43,6 +43,12 @@ def _check_name(value: object, what: str) -> str:
     return value
 
 
+def _check_names(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return (_check_name(value, "room"),)  # a non-name raises here
+    return tuple(dict.fromkeys(_check_name(r, "room") for r in value))
+
+
 def _state_is(websocket: object, attr: str, name: str) -> bool:
     # Starlette's WebSocketState enum, read by name so Starlette need not be imported.
     state = getattr(websocket, attr, None)
@@ -379,6 +385,19 @@ class ConnectionManager:
         self._leave_local(client, room)
         return True
 
+    async def close_room(self, room: str) -> int:
+        """Remove every member from ``room``, on every instance; the local count removed."""
+        _check_name(room, "room")
+        removed = self._close_room_local(room)
+        await self._publish(Envelope("close_room", self.instance_id, room=room))
+        return removed
+
+    def _close_room_local(self, room: str) -> int:
+        members = list(self._rooms.get(room, {}).values())
+        for client in members:
+            self._leave_local(client, room)
+        return len(members)
+
     def _join_local(self, client: Client, room: str) -> None:
         if client.closed:
             return
@@ -437,7 +456,7 @@ class ConnectionManager:
 
     async def broadcast(
         self,
-        room: str | None,
+        room: str | Iterable[str] | None,
         message: Payload,
         *,
         exclude: str | Iterable[str] = (),
@@ -445,12 +464,18 @@ class ConnectionManager:
         """Send ``message`` to every client in ``room`` (``None``: every client), on every
         instance, except the ids in ``exclude``.
 
-        Dicts and lists go as JSON text, ``str`` as text, bytes as binary. Returns how
-        many local clients it was queued for; it never waits on a socket. When the
-        backend is down, local clients still get it and the failure is logged once.
+        ``room`` may be several rooms: a client in more than one of them gets the
+        message once. Dicts and lists go as JSON text, ``str`` as text, bytes as
+        binary. Returns how many local clients it was queued for; it never waits on a
+        socket. When the backend is down, local clients still get it and the failure
+        is logged once.
         """
-        if room is not None:
+        if isinstance(room, str):
             _check_name(room, "room")
+        elif room is not None:
+            room = _check_names(room)
+            if not room:
+                return 0
         data = encode(message)
         skip = (exclude,) if isinstance(exclude, str) else tuple(exclude)
         queued = self._deliver(room, data, skip)
@@ -478,14 +503,21 @@ class ConnectionManager:
         await self._publish(Envelope("msg", self.instance_id, target=client_id, data=data))
         return False
 
-    def _deliver(self, room: str | None, data: str | bytes, skip: tuple[str, ...]) -> int:
+    def _deliver(
+        self, room: str | tuple[str, ...] | None, data: str | bytes, skip: tuple[str, ...]
+    ) -> int:
         if room is None:
             targets = list(self._clients.values())
-        else:
+        elif isinstance(room, str):
             members = self._rooms.get(room)
             if not members:
                 return 0
             targets = list(members.values())
+        else:
+            union: dict[str, Client] = {}
+            for name in room:
+                union.update(self._rooms.get(name, {}))
+            targets = list(union.values())
         enqueue = self._enqueue
         if skip:
             return sum(enqueue(c, data) for c in targets if c.id not in skip)
@@ -615,13 +647,17 @@ class ConnectionManager:
         if op == "gap":
             self._gap()
             return
+        room = envelope.room if isinstance(envelope.room, str) else None
+        if op == "close_room" and room:
+            self._close_room_local(room)
+            return
         client = None if target is None else self._clients.get(target)
         if client is None:
             return
-        if op == "join" and envelope.room:
-            self._join_local(client, envelope.room)
-        elif op == "leave" and envelope.room:
-            self._leave_local(client, envelope.room)
+        if op == "join" and room:
+            self._join_local(client, room)
+        elif op == "leave" and room:
+            self._leave_local(client, room)
         elif op == "close":
             self._forget(client)
             if client.task is not None:

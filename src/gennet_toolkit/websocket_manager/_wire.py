@@ -70,9 +70,9 @@ def encode(message: Payload) -> str | bytes:
 class Envelope:
     """One message between instances: what to do, where, and who sent it."""
 
-    op: str  # "msg" | "join" | "leave" | "close" | "probe"
+    op: str  # "msg" | "join" | "leave" | "close" | "close_room" | "gap" | "probe"
     origin: str
-    room: str | None = None
+    room: str | tuple[str, ...] | None = None  # a tuple: any of these rooms
     target: str | None = None
     exclude: tuple[str, ...] = ()
     data: str | bytes = ""
@@ -82,7 +82,7 @@ class Envelope:
         """A JSON header line, then the raw payload (text as UTF-8 or bytes)."""
         header: dict[str, Any] = {"v": _VERSION, "op": self.op, "o": self.origin}
         if self.room is not None:
-            header["r"] = self.room
+            header["r"] = self.room if isinstance(self.room, str) else list(self.room)
         if self.target is not None:
             header["t"] = self.target
         if self.exclude:
@@ -109,10 +109,11 @@ class Envelope:
                 return None
             data: str | bytes = payload if header.get("b") else payload.decode()
             exclude = header.get("x", ())
+            room = header.get("r")
             return cls(
                 op=str(header["op"]),
                 origin=str(header["o"]),
-                room=header.get("r"),
+                room=tuple(str(r) for r in room) if isinstance(room, list) else room,
                 target=header.get("t"),
                 exclude=tuple(str(x) for x in exclude),
                 data=data,
