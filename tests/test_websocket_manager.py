@@ -597,3 +597,19 @@ async def test_close_room_empties_it_on_every_instance() -> None:
         assert one.rooms("a") == {"keep"}
         assert "b" in two
     await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_background_task_that_dies_is_logged_loudly(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = ConnectionManager()
+
+    async def broken() -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(manager, "_watch", broken)
+    with caplog.at_level(logging.ERROR, "gennet_toolkit.websocket_manager"):
+        async with manager:
+            await until(lambda: any("died" in r.getMessage() for r in caplog.records))
+    assert "ws-manager-watchdog" in caplog.text

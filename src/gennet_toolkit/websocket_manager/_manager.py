@@ -13,7 +13,7 @@ from gennet_toolkit.backends import Backend, from_url
 from gennet_toolkit.backends.memory import MemoryBackend
 from gennet_toolkit.exceptions import BadRequest, ConfigurationError, Conflict
 from gennet_toolkit.websocket_manager._client import Client, Close
-from gennet_toolkit.websocket_manager._relay import Relay
+from gennet_toolkit.websocket_manager._relay import Relay, report_death
 from gennet_toolkit.websocket_manager._wire import (
     GOING_AWAY,
     MAX_NAME,
@@ -209,6 +209,7 @@ class ConnectionManager:
         self._bind()
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch(), name="ws-manager-watchdog")
+            self._watchdog.add_done_callback(report_death)
         if self._relay is not None:
             await self._relay.start()
 

@@ -23,6 +23,16 @@ def backoff(attempt: int) -> float:
     return min(5.0, 0.1 * 2.0 ** min(attempt, 6)) * (0.5 + random.random() / 2)
 
 
+def report_death(task: asyncio.Task[None]) -> None:
+    """Log loudly when a manager's background task ends other than by cancellation."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "websocket manager task %s died; restart the manager",
+            task.get_name(),
+            exc_info=task.exception(),
+        )
+
+
 class Relay:
     """Publishes this instance's envelopes and feeds the others' to ``on_envelope``."""
 
@@ -58,6 +68,7 @@ class Relay:
             return
         attempted = asyncio.Event()
         self.task = asyncio.create_task(self._listen(attempted), name="ws-manager-listener")
+        self.task.add_done_callback(report_death)
         await attempted.wait()
 
     async def stop(self) -> None:
