@@ -26,7 +26,16 @@ EXTRA_PACKAGES: dict[str, frozenset[str]] = {
     # pybreaker is a benchmark peer only: no module may import it.
     "msgpack": frozenset({"msgpack"}),
     "_peers": frozenset(
-        {"pybreaker", "cachetools", "limits", "slowapi", "casbin", "cashews", "aiocache"}
+        {
+            "pybreaker",
+            "cachetools",
+            "limits",
+            "slowapi",
+            "casbin",
+            "cashews",
+            "aiocache",
+            "broadcaster",
+        }
     ),
     "sql": frozenset({"sqlalchemy", "aiosqlite", "greenlet"}),
     "postgres": frozenset({"asyncpg", "psycopg", "psycopg_binary"}),
