@@ -83,6 +83,7 @@ def build(url: str, **options: Any) -> TaskQueue:
     for fn in (flaky, async_flaky):
         queue.task(name=f"tq.{fn.__name__}", retries=2, retry_backoff=0.01)(fn)
     queue.task(name="tq.flaky_once", retries=0)(flaky)
+    queue.task(name="tq.flaky_slow", retries=1, retry_backoff=0.6)(flaky)
     for fn in (sleepy, async_sleepy):
         queue.task(name=f"tq.{fn.__name__}", timeout=0.3)(fn)
     return queue

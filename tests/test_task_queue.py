@@ -270,13 +270,41 @@ def test_failure_names_the_remote_type_but_hides_message_and_traceback(queue: Ta
     assert result.status is TaskStatus.FAILED
 
 
-def test_debug_queue_keeps_remote_message_and_traceback(request: pytest.FixtureRequest) -> None:
+def test_debug_queue_keeps_remote_message_and_traceback(queue: TaskQueue) -> None:
     # Only the client decides what it keeps: the same worker serves both.
-    q = tasks.build("memory://", debug=True)
+    queue.debug = True
     with pytest.raises(TaskFailed) as info:
-        q.enqueue("tq.boom", "hunter2").get(timeout=WAIT)
+        queue.enqueue("tq.boom", "hunter2").get(timeout=WAIT)
     assert info.value.remote_message == "the secret is hunter2"
+    assert "hunter2" in str(info.value)
     assert "Traceback" in (info.value.remote_traceback or "")
+    assert "ValueError" in (info.value.remote_traceback or "")
+
+
+def test_status_reports_started_then_retrying_while_the_task_runs(queue: TaskQueue) -> None:
+    # Fails once, then waits 0.6 s before its second (successful) attempt.
+    result = queue.enqueue("tq.flaky_slow", uuid.uuid4().hex, 1)
+    seen: list[TaskStatus] = []
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        status = result.status
+        if not seen or seen[-1] is not status:
+            seen.append(status)
+        if status.done:
+            break
+        time.sleep(0.01)
+    assert TaskStatus.RETRYING in seen
+    assert seen[-1] is TaskStatus.SUCCEEDED
+    order = [TaskStatus.QUEUED, TaskStatus.STARTED, TaskStatus.RETRYING, TaskStatus.SUCCEEDED]
+    assert [s for s in order if s in seen] == [s for s in seen if s in order]
+    assert result.get(timeout=WAIT) == 2
+
+
+def test_one_name_cannot_mean_two_functions() -> None:
+    q = TaskQueue("inprocess")
+    with pytest.raises(ConfigurationError):
+        q.task(name="tq.add")(tasks.echo)
+    q.task(name="tq.add")(tasks.add)  # the same function again is fine
     q.close()
 
 

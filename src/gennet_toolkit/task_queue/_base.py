@@ -204,6 +204,10 @@ class Task(Generic[P, R, T]):
         return check_result(self.name, value)
 
 
+def _origin(fn: Callable[..., Any]) -> tuple[str, str]:
+    return getattr(fn, "__module__", ""), getattr(fn, "__qualname__", repr(fn))
+
+
 def check_result(name: str, value: Any) -> Any:
     """``value`` after the JSON round trip every backend applies to results."""
     try:
@@ -462,10 +466,16 @@ class TaskQueue:
                     "it: define it at module level"
                 )
             task: Task[Any, Any, Any] = Task(func, queue=self, name=task_name, policy=policy)
+            with _REGISTRY_LOCK:
+                known = _REGISTRY.get(task_name)
+                if known is not None and _origin(known.fn) != _origin(func):
+                    # A worker would run whichever came last: refuse the ambiguity.
+                    raise ConfigurationError(
+                        f"task name {task_name!r} is already used by another function"
+                    )
+                _REGISTRY[task_name] = task
             self._tasks[task_name] = task
             self._backend.register(task)
-            with _REGISTRY_LOCK:
-                _REGISTRY[task_name] = task
             return task
 
         return register if fn is None else register(fn)
