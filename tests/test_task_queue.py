@@ -732,3 +732,80 @@ def test_cli_worker_in_burst_mode_runs_queued_rq_tasks(
     finally:
         q.close()
         _delete_rq_jobs(redis_server_url, name)
+
+
+# --------------------------------------------------------------------------- in an ASGI app
+
+
+def _starlette_app(queue: TaskQueue) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from gennet_toolkit.error_handler import install_error_handlers
+    from gennet_toolkit.logging_middleware import CorrelationIdMiddleware
+
+    async def start(request: Request) -> JSONResponse:
+        result = await queue.aenqueue("tq.async_whoami")
+        return JSONResponse({"task": result.id}, status_code=202)
+
+    async def status(request: Request) -> JSONResponse:
+        result = queue.result(request.path_params["task"], "tq.async_whoami")
+        return JSONResponse({"value": await result.aget(timeout=WAIT)})
+
+    app = Starlette(routes=[Route("/jobs", start, methods=["POST"]), Route("/jobs/{task}", status)])
+    install_error_handlers(app)
+    return CorrelationIdMiddleware(app)
+
+
+def _fastapi_app(queue: TaskQueue) -> Any:
+    from fastapi import FastAPI
+
+    from gennet_toolkit.error_handler import install_error_handlers
+    from gennet_toolkit.logging_middleware import CorrelationIdMiddleware
+
+    app = FastAPI()
+
+    @app.post("/jobs", status_code=202)
+    def start() -> dict[str, str]:  # sync endpoint: runs in FastAPI's thread pool
+        return {"task": queue.enqueue("tq.whoami").id}
+
+    @app.get("/jobs/{task}")
+    def status(task: str) -> dict[str, Any]:
+        return {"value": queue.result(task, "tq.whoami").get(timeout=WAIT)}
+
+    install_error_handlers(app)
+    return CorrelationIdMiddleware(app)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("make_app", [_starlette_app, _fastapi_app], ids=["starlette", "fastapi"])
+async def test_request_correlation_id_reaches_the_task(make_app: Any, queue: TaskQueue) -> None:
+    import httpx
+
+    transport = httpx.ASGITransport(app=make_app(queue))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        started = await client.post("/jobs", headers={"X-Request-ID": "req-from-client-1"})
+        assert started.status_code == 202
+        done = await client.get(f"/jobs/{started.json()['task']}")
+    assert done.json() == {"value": "req-from-client-1"}
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("make_app", [_starlette_app, _fastapi_app], ids=["starlette", "fastapi"])
+async def test_broker_down_answers_503_problem_json(make_app: Any) -> None:
+    import httpx
+
+    queue = tasks.build("rq+" + closed_port_url("redis"))
+    transport = httpx.ASGITransport(app=make_app(queue))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post("/jobs")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "service_unavailable"
+    assert "Traceback" not in response.text
+    assert "127.0.0.1" not in response.text
+    queue.close()
