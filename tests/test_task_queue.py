@@ -809,3 +809,27 @@ async def test_broker_down_answers_503_problem_json(make_app: Any) -> None:
     assert "Traceback" not in response.text
     assert "127.0.0.1" not in response.text
     queue.close()
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {"v": 99, "task": "tq.add", "args": [1, 2], "kwargs": {}},
+        {"v": 1, "task": "tq.add", "args": "1,2", "kwargs": {}},
+        {"v": 1, "task": "tq.add", "args": [1, 2], "kwargs": []},
+        {"task": "tq.add", "args": [1, 2]},
+    ],
+)
+def test_worker_refuses_messages_it_cannot_read(envelope: dict[str, Any]) -> None:
+    q = tasks.build("memory://")
+    with pytest.raises(TaskError) as info:
+        q.tasks["tq.add"].run_envelope(envelope)
+    assert "cannot read" in str(info.value)
+    q.close()
+
+
+def test_worker_reports_an_unknown_task_name() -> None:
+    from gennet_toolkit.task_queue._base import resolve_task
+
+    with pytest.raises(TaskNotFound):
+        resolve_task("tq.never-registered", "tests._task_queue_tasks")

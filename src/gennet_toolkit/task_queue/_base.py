@@ -21,6 +21,7 @@ from gennet_toolkit._env import env_bool, env_float, env_int, env_str
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.task_queue._errors import TaskError, TaskFailed, TaskNotFound, TaskTimeout
 from gennet_toolkit.task_queue._exec import (
+    ENVELOPE_VERSION,
     Outcome,
     RetryPolicy,
     build_envelope,
@@ -197,6 +198,12 @@ class Task(Generic[P, R, T]):
 
     def run_envelope(self, envelope: Mapping[str, Any], on_retry: Any = None) -> Any:
         """Run this task from a received envelope, in a worker (sync; async tasks get a loop)."""
+        if (
+            envelope.get("v") != ENVELOPE_VERSION
+            or not isinstance(envelope.get("args"), list)
+            or not isinstance(envelope.get("kwargs"), dict)
+        ):
+            raise TaskError(f"task {self.name!r} received a message it cannot read")
         with task_context(envelope):
             value = run_attempts_sync(
                 self.fn, envelope.get("args", ()), envelope.get("kwargs", {}), self.policy, on_retry
