@@ -23,6 +23,7 @@ from gennet_toolkit.task_queue._errors import TaskError, TaskFailed, TaskNotFoun
 from gennet_toolkit.task_queue._exec import (
     ENVELOPE_VERSION,
     Outcome,
+    RetryHook,
     RetryPolicy,
     build_envelope,
     dumps,
@@ -196,7 +197,7 @@ class Task(Generic[P, R, T]):
         """:meth:`enqueue` for async code: never blocks the event loop on the broker."""
         return await self.queue._asubmit(self, args, kwargs)
 
-    def run_envelope(self, envelope: Mapping[str, Any], on_retry: Any = None) -> Any:
+    def run_envelope(self, envelope: Mapping[str, Any], on_retry: RetryHook | None = None) -> Any:
         """Run this task from a received envelope, in a worker (sync; async tasks get a loop)."""
         if (
             envelope.get("v") != ENVELOPE_VERSION

@@ -28,6 +28,7 @@ from gennet_toolkit.task_queue._errors import TaskArgumentsError
 __all__ = [
     "ENVELOPE_VERSION",
     "Outcome",
+    "RetryHook",
     "RetryPolicy",
     "build_envelope",
     "describe_exception",
