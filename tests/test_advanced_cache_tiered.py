@@ -423,7 +423,8 @@ class Gene:
 
 
 @pytest.mark.parametrize(
-    "value", [Gene("lacZ"), {1, 2}, b"bytes", math.nan, {"k": object()}, {1: "int key"}]
+    "value",
+    [Gene("lacZ"), {1, 2}, b"bytes", math.nan, {"k": object()}, {1: "int key"}, (1, 2)],
 )
 @pytest.mark.anyio
 async def test_json_serializer_refuses_values_it_cannot_store_faithfully(value: Any) -> None:

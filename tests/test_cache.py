@@ -582,6 +582,8 @@ def test_pickle_needs_a_secret_and_unknown_serializers_are_refused() -> None:
         Cache(serializer="pickle")
     with pytest.raises(ConfigurationError, match="serializer"):
         Cache(serializer="yaml")
+    with pytest.raises(ConfigurationError, match="16 bytes"):
+        Cache(serializer="pickle", secret="short")
 
 
 def test_msgpack_is_optional_and_says_how_to_install_it() -> None:
@@ -615,14 +617,14 @@ def test_custom_serializers_are_accepted_and_used() -> None:
 
 def test_pickle_values_with_a_bad_signature_read_as_misses() -> None:
     backend = MemoryBackend()
-    writer = Cache(backend, serializer="pickle", secret="one")
-    reader = Cache(backend, serializer="pickle", secret="two")
+    writer = Cache(backend, serializer="pickle", secret="first-secret-16-bytes")
+    reader = Cache(backend, serializer="pickle", secret="second-secret-16-bytes")
     writer.sync.set("k", (1, {2, 3}))
     assert writer.sync.get("k") == (1, {2, 3})
     assert reader.sync.get("k", MISS) is MISS
     assert reader.stats().errors == 1
     with pytest.raises(ValueError, match="signature"):
-        PickleSerializer("one").loads(b"\x00" * 40)
+        PickleSerializer("first-secret-16-bytes").loads(b"\x00" * 40)
 
 
 def test_garbage_in_the_store_reads_as_a_miss() -> None:

@@ -1,4 +1,5 @@
-"""Shared private helpers: route templates (``_routes``) and environment parsing (``_env``)."""
+"""Shared private helpers: route templates (``_routes``), environment parsing (``_env``),
+problem rendering (``_problem``), cache serializers, single-flight and cache keys."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Host, Mount, Route
 
+from gennet_toolkit import _serializers as shared_serializers
 from gennet_toolkit._env import env_bool, env_float, env_int, env_list, env_str
 from gennet_toolkit._problem import problem_bytes, problem_messages, send_problem
 from gennet_toolkit._routes import RouteResolver, route_path, route_template
@@ -514,3 +516,59 @@ async def test_audit_trail_records_mount_templates_not_raw_prefixes() -> None:
         assert (await c.post("/svc/api/tenants/acme/nothing")).status_code == 404
     routes = [e.data["route"] for e in store.read_stream("audit")]
     assert routes == ["/api/tenants/{tenant}/genes/{symbol}", None]
+
+
+# ------------------------------------------------------------------ cache serializers
+
+
+@pytest.mark.parametrize(
+    "value",
+    [(1, 2), {"a": (1,)}, {1: "a"}, {"a": {2: "b"}}, float("nan"), b"x", {1, 2}, object()],
+    ids=["tuple", "nested-tuple", "int-key", "nested-int-key", "nan", "bytes", "set", "object"],
+)
+def test_shared_json_refuses_every_value_it_would_alter(value: Any) -> None:
+    with pytest.raises(shared_serializers.UnsafeValueError) as info:
+        shared_serializers.JsonSerializer().dumps(value)
+    assert isinstance(info.value, shared_serializers.SerializationError)
+    assert isinstance(info.value, TypeError)
+    assert info.value.status_code == 500
+
+
+def test_shared_json_round_trips_plain_data_exactly() -> None:
+    ser = shared_serializers.JsonSerializer()
+    value = {"a": [1, 2.5, "x", None, True, {"b": []}], "é": "ü", "n": -0.0}
+    assert ser.loads(ser.dumps(value)) == value
+    with pytest.raises(ValueError):
+        ser.loads(b"\xff{not json")
+
+
+def test_both_cache_modules_use_the_one_serializer_family() -> None:
+    from gennet_toolkit import advanced_cache, cache
+
+    assert cache.JsonSerializer is advanced_cache.JsonSerializer
+    assert cache.PickleSerializer is advanced_cache.SignedPickleSerializer
+    assert issubclass(cache.UnsafeValueError, advanced_cache.SerializationError)
+
+
+def test_signed_pickle_needs_a_long_secret_and_rejects_forgeries() -> None:
+    import pickle
+
+    with pytest.raises(ConfigurationError, match="16 bytes"):
+        shared_serializers.SignedPickleSerializer("fifteen-bytes!!")
+    ser = shared_serializers.SignedPickleSerializer(b"sixteen-bytes!!!")
+    data = ser.dumps((1, {2, 3}))
+    assert ser.loads(data) == (1, {2, 3})
+    other = shared_serializers.SignedPickleSerializer(b"another-secret-16")
+    forged = [
+        pickle.dumps("evil"),  # unsigned
+        b"gnp1" + b"\0" * 32 + pickle.dumps("evil"),  # wrong signature
+        data[:-1] + bytes([data[-1] ^ 1]),  # tampered body
+        data[4:],  # no format tag
+    ]
+    for raw in forged:
+        with pytest.raises(ValueError, match="signature"):
+            ser.loads(raw)
+    with pytest.raises(ValueError, match="signature"):
+        other.loads(data)
+    with pytest.raises(shared_serializers.UnsafeValueError):
+        ser.dumps(lambda: None)
