@@ -20,6 +20,7 @@ from gennet_toolkit import _serializers as shared_serializers
 from gennet_toolkit._env import env_bool, env_float, env_int, env_list, env_str
 from gennet_toolkit._problem import problem_bytes, problem_messages, send_problem
 from gennet_toolkit._routes import RouteResolver, route_path, route_template
+from gennet_toolkit._singleflight import AsyncFlights, SyncFlights
 from gennet_toolkit.exceptions import ConfigurationError
 from gennet_toolkit.types import ASGIApp, Receive, Scope, Send
 
@@ -572,3 +573,214 @@ def test_signed_pickle_needs_a_long_secret_and_rejects_forgeries() -> None:
         other.loads(data)
     with pytest.raises(shared_serializers.UnsafeValueError):
         ser.dumps(lambda: None)
+
+
+# ------------------------------------------------------------------ single-flight
+
+
+async def test_async_single_flight_runs_one_load_and_shares_value_and_errors() -> None:
+    import asyncio
+
+    flights = AsyncFlights()
+    gate = asyncio.Event()
+    calls = 0
+
+    async def load(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return x * 2
+
+    tasks = [asyncio.create_task(flights.run("k", load, 21)) for _ in range(20)]
+    await asyncio.sleep(0)
+    assert flights.running("k")
+    gate.set()
+    assert await asyncio.gather(*tasks) == [42] * 20
+    assert calls == 1
+    assert flights.coalesced == 19
+    assert not flights.running("k")
+
+    async def fail() -> int:
+        await asyncio.sleep(0)
+        raise LookupError("boom")
+
+    failing = [asyncio.create_task(flights.run("e", fail)) for _ in range(3)]
+    results = await asyncio.gather(*failing, return_exceptions=True)
+    assert all(isinstance(r, LookupError) for r in results)
+
+
+async def test_a_cancelled_leader_hands_the_load_to_a_waiter() -> None:
+    import asyncio
+
+    flights = AsyncFlights()
+    started = 0
+    second_started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def load() -> str:
+        nonlocal started
+        started += 1
+        if started == 2:
+            second_started.set()
+        await release.wait()
+        return f"load {started}"
+
+    leader = asyncio.create_task(flights.run("k", load))
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(flights.run("k", load)) for _ in range(3)]
+    await asyncio.sleep(0)
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    await second_started.wait()  # a waiter became the new leader
+    release.set()
+    assert await asyncio.gather(*waiters) == ["load 2"] * 3
+    assert started == 2
+
+
+async def test_a_cancelled_waiter_does_not_disturb_the_load() -> None:
+    import asyncio
+
+    flights = AsyncFlights()
+    release = asyncio.Event()
+
+    async def load() -> str:
+        await release.wait()
+        return "v"
+
+    leader = asyncio.create_task(flights.run("k", load))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(flights.run("k", load))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    release.set()
+    assert await leader == "v"
+
+
+async def test_release_hands_waiters_a_value_while_the_load_carries_on() -> None:
+    import asyncio
+
+    flights = AsyncFlights()
+    finish = asyncio.Event()
+
+    async def refresh() -> str:
+        flights.release("k", "stale")
+        await finish.wait()
+        return "fresh"
+
+    leader = asyncio.create_task(flights.run("k", refresh))
+    await asyncio.sleep(0)
+    assert not flights.running("k")  # released: newcomers start their own flight
+    finish.set()
+    assert await leader == "fresh"
+
+    gate = asyncio.Event()
+
+    async def slow_refresh() -> str:
+        await gate.wait()
+        flights.release("k", "stale")
+        return "fresh"
+
+    leader = asyncio.create_task(flights.run("k", slow_refresh))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(flights.run("k", slow_refresh))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await waiter == "stale"
+    assert await leader == "fresh"
+
+
+def test_async_flights_in_different_event_loops_never_share() -> None:
+    import asyncio
+    import threading
+
+    flights = AsyncFlights()
+    inside = threading.Event()
+    done = threading.Event()
+    seen: list[bool] = []
+    first: list[str] = []
+
+    async def hold() -> str:
+        inside.set()
+        await asyncio.to_thread(done.wait)
+        return "first loop"
+
+    async def other() -> str:
+        seen.append(flights.running("k"))
+        return await flights.run("k", _const("second loop"))
+
+    runner = threading.Thread(target=lambda: first.append(asyncio.run(flights.run("k", hold))))
+    runner.start()
+    inside.wait()
+    try:
+        assert asyncio.run(other()) == "second loop"
+    finally:
+        done.set()
+        runner.join()
+    assert seen == [False]
+    assert first == ["first loop"]
+    assert flights.coalesced == 0
+
+
+def _const(value: str) -> Callable[[], Any]:
+    async def load() -> str:
+        return value
+
+    return load
+
+
+def test_sync_single_flight_runs_one_load_across_threads() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    flights = SyncFlights()
+    entered = threading.Event()
+    release = threading.Event()
+    calls = 0
+
+    def load(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        entered.set()
+        release.wait()
+        return x + 1
+
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(flights.run, "k", load, 41)
+        entered.wait()
+        assert flights.running("k")
+        rest = [pool.submit(flights.run, "k", load, 41) for _ in range(7)]
+        while flights.coalesced < 7:  # every other thread is waiting on the flight
+            threading.Event().wait(0.001)
+        release.set()
+        assert [f.result() for f in [first, *rest]] == [42] * 8
+    assert calls == 1
+    assert not flights.running("k")
+
+
+def test_sync_single_flight_hands_the_error_to_every_waiter_and_does_not_cache_it() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    flights = SyncFlights()
+    entered = threading.Event()
+    release = threading.Event()
+
+    def fail() -> int:
+        entered.set()
+        release.wait()
+        raise LookupError("boom")
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(flights.run, "k", fail)
+        entered.wait()
+        rest = [pool.submit(flights.run, "k", fail) for _ in range(3)]
+        while flights.coalesced < 3:
+            threading.Event().wait(0.001)
+        release.set()
+        for fut in [first, *rest]:
+            with pytest.raises(LookupError):
+                fut.result()
+    assert flights.run("k", lambda: 7) == 7

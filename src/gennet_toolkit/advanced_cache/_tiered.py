@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from gennet_toolkit._env import env_bool, env_float, env_int, env_str
-from gennet_toolkit.advanced_cache._flight import AsyncFlights, SyncFlights
+from gennet_toolkit._singleflight import AsyncFlights, SyncFlights
 from gennet_toolkit.advanced_cache._policies import _MISSING, BaseCache, CacheStats, LRUCache
 from gennet_toolkit.advanced_cache._serializers import Serializer, resolve_serializer
 from gennet_toolkit.advanced_cache._ttl import TTLCache, _check_ttl

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from gennet_toolkit.advanced_cache._flight import AsyncFlights, SyncFlights
+from gennet_toolkit._singleflight import AsyncFlights, SyncFlights
 from gennet_toolkit.advanced_cache._policies import _MISSING, BaseCache, CacheStats
 from gennet_toolkit.advanced_cache._serializers import SerializationError
 from gennet_toolkit.advanced_cache._tiered import TieredCache, TieredStats

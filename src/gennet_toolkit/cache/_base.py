@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
+from gennet_toolkit._singleflight import AsyncFlights, SyncFlights
 from gennet_toolkit.backends import Backend
 from gennet_toolkit.cache._common import (
     _UNSET,
@@ -19,7 +18,6 @@ from gennet_toolkit.cache._common import (
     CacheStats,
     _Counters,
     _Policy,
-    _SyncFlight,
     _ttl,
     logger,
 )
@@ -53,9 +51,8 @@ class _CacheBase:
     _tp: str
     _lp: str
     _n: _Counters
-    _aflights: dict[str, asyncio.Future[Any]]
-    _tflights: dict[str, _SyncFlight]
-    _tguard: threading.Lock
+    _aflights: AsyncFlights
+    _tflights: SyncFlights
     _down: bool
     _down_until: float
 
@@ -64,11 +61,14 @@ class _CacheBase:
     def stats(self) -> CacheStats:
         """A snapshot of the hit/miss/error counters."""
         n = self._n
-        return CacheStats(n.hits, n.misses, n.coalesced, n.refreshes, n.loads, n.errors)
+        # Waits on another caller's load are counted by the single-flights themselves.
+        coalesced = n.coalesced + self._aflights.coalesced + self._tflights.coalesced
+        return CacheStats(n.hits, n.misses, coalesced, n.refreshes, n.loads, n.errors)
 
     def reset_stats(self) -> None:
         """Zero the counters."""
         self._n = _Counters()
+        self._aflights.coalesced = self._tflights.coalesced = 0
 
     # ------------------------------------------------------------------ failure policy
 

@@ -7,7 +7,6 @@ import logging
 import math
 import random
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -94,15 +93,6 @@ class _Counters:
 
     def __init__(self) -> None:
         self.hits = self.misses = self.coalesced = self.refreshes = self.loads = self.errors = 0
-
-
-class _SyncFlight:
-    __slots__ = ("done", "error", "value")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
 
 
 def _backoff(attempt: int) -> float:

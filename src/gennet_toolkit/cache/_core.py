@@ -7,12 +7,12 @@ import contextlib
 import inspect
 import math
 import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from gennet_toolkit._env import env_bool, env_float, env_str
+from gennet_toolkit._singleflight import AsyncFlights, SyncFlights
 from gennet_toolkit.backends import Backend, MemoryBackend, from_url
 from gennet_toolkit.cache._common import (
     _UNSET,
@@ -25,7 +25,6 @@ from gennet_toolkit.cache._common import (
     _Miss,
     _pattern_prefix,
     _Policy,
-    _SyncFlight,
     _ttl,
     logger,
 )
@@ -102,9 +101,8 @@ class Cache(_SyncCore):
         self._tp = self._prefix + "t:"
         self._lp = self._prefix + "l:"
         self._n = _Counters()
-        self._aflights: dict[str, asyncio.Future[Any]] = {}
-        self._tflights: dict[str, _SyncFlight] = {}
-        self._tguard = threading.Lock()
+        self._aflights = AsyncFlights()
+        self._tflights = SyncFlights()
         self._down = False
         self._down_until = 0.0
         self.sync = SyncCache(self)
@@ -214,11 +212,11 @@ class Cache(_SyncCore):
             # Over the network, concurrent callers of one key share the read too: 50
             # callers cost one GET, not 50 (the in-memory read never yields, so there
             # it would only add cost).
-            return await self._aflight(ekey, self._aresolve, ekey, tags, call, policy)
+            return await self._aflights.run(ekey, self._aresolve, ekey, tags, call, policy)
         value, refresh = await self._alookup(ekey, tags)
         n = self._n
         if type(value) is not _Miss:
-            if not refresh or ekey in self._aflights:
+            if not refresh or self._aflights.running(ekey):
                 # (a refresh already running: serve the current value meanwhile)
                 n.hits += 1
                 return value
@@ -227,7 +225,7 @@ class Cache(_SyncCore):
         else:
             n.misses += 1
             stale = MISS
-        return await self._aflight(ekey, self._aload, ekey, tags, call, policy, stale)
+        return await self._aflights.run(ekey, self._aload, ekey, tags, call, policy, stale)
 
     async def _aresolve(
         self, ekey: str, tags: tuple[str, ...], call: _Call, policy: _Policy
@@ -241,47 +239,10 @@ class Cache(_SyncCore):
             n.refreshes += 1
             # Release the callers waiting on this read with the current value; this
             # caller refreshes (the shared lock keeps other refreshers away).
-            flight = self._aflights.pop(ekey, None)
-            if flight is not None and not flight.done():
-                flight.set_result(value)
+            self._aflights.release(ekey, value)
             return await self._aload(ekey, tags, call, policy, value)
         n.misses += 1
         return await self._aload(ekey, tags, call, policy, MISS)
-
-    async def _aflight(self, ekey: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """Run ``fn(*args)`` once per key at a time in this loop; others await its result."""
-        loop = asyncio.get_running_loop()
-        while True:
-            fut = self._aflights.get(ekey)
-            if fut is None or fut.get_loop() is not loop:
-                break
-            self._n.coalesced += 1
-            try:
-                return await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if fut.cancelled() and task is not None and not task.cancelling():
-                    continue  # the loading caller was cancelled, not us: try again
-                raise
-        fut = loop.create_future()
-        self._aflights[ekey] = fut
-        try:
-            result = await fn(*args)
-        except asyncio.CancelledError:
-            fut.cancel()
-            raise
-        except BaseException as exc:
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # retrieved: no "never retrieved" noise when nobody waited
-            raise
-        else:
-            if not fut.done():
-                fut.set_result(result)
-            return result
-        finally:
-            if self._aflights.get(ekey) is fut:
-                del self._aflights[ekey]
 
     async def _aload(
         self,

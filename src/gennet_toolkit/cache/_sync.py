@@ -19,7 +19,6 @@ from gennet_toolkit.cache._common import (
     _Miss,
     _pattern_prefix,
     _Policy,
-    _SyncFlight,
     logger,
 )
 from gennet_toolkit.exceptions import ServiceUnavailable
@@ -103,7 +102,7 @@ class _SyncCore(_CacheBase):
         value, refresh = self._lookup(ekey, tags)
         n = self._n
         if type(value) is not _Miss:
-            if not refresh or ekey in self._tflights:
+            if not refresh or self._tflights.running(ekey):
                 n.hits += 1
                 return value
             n.refreshes += 1
@@ -111,27 +110,7 @@ class _SyncCore(_CacheBase):
         else:
             n.misses += 1
             stale = MISS
-        with self._tguard:
-            flight = self._tflights.get(ekey)
-            leader = flight is None
-            if flight is None:
-                flight = self._tflights[ekey] = _SyncFlight()
-        if not leader:
-            n.coalesced += 1
-            flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            return flight.value
-        try:
-            flight.value = self._load(ekey, tags, call, policy, stale)
-            return flight.value
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            with self._tguard:
-                del self._tflights[ekey]
-            flight.done.set()
+        return self._tflights.run(ekey, self._load, ekey, tags, call, policy, stale)
 
     def _load(
         self,

@@ -1,4 +1,8 @@
-"""Single-flight: one loader call per key at a time, for threads and for asyncio tasks."""
+"""Single-flight: one loader call per key at a time, for threads and for asyncio tasks.
+
+Shared by ``cache`` and ``advanced_cache``. Callers asking for a key while its load
+runs wait for that load's outcome (value or exception) instead of calling again.
+"""
 
 from __future__ import annotations
 
@@ -22,15 +26,25 @@ class _Call:
 
 
 class SyncFlights:
-    """Threads asking for the same key while a load runs wait for its result."""
+    """Threads asking for the same key while a load runs wait for its result.
+
+    ``coalesced`` counts the callers that waited instead of loading (approximate
+    under threads, like every counter here).
+    """
+
+    __slots__ = ("_calls", "_lock", "coalesced")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[Hashable, _Call] = {}
         self.coalesced = 0
 
-    def run(self, key: Hashable, fn: Callable[[], T]) -> T:
-        """``fn()``, unless a call for ``key`` is running: then that call's outcome."""
+    def running(self, key: Hashable) -> bool:
+        """Whether a load for ``key`` is running now."""
+        return key in self._calls
+
+    def run(self, key: Hashable, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, unless a call for ``key`` is running: then that call's outcome."""
         with self._lock:
             call = self._calls.get(key)
             leader = call is None
@@ -44,7 +58,7 @@ class SyncFlights:
                 raise call.error
             return cast(T, call.value)
         try:
-            call.value = fn()
+            call.value = fn(*args)
         except BaseException as exc:
             call.error = exc
             raise
@@ -59,17 +73,34 @@ class AsyncFlights:
     """Tasks asking for the same key while a load runs await its result.
 
     If the task running the load is cancelled, a waiter takes over (it was not
-    cancelled itself), so cancellation never leaks to other callers.
+    cancelled itself), so cancellation never leaks to other callers. Futures belong to
+    one event loop, so loads in different loops never share (nor disturb) each other.
     """
+
+    __slots__ = ("_calls", "coalesced")
 
     def __init__(self) -> None:
         self._calls: dict[tuple[asyncio.AbstractEventLoop, Hashable], asyncio.Future[Any]] = {}
         self.coalesced = 0
 
-    async def run(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> T:
-        """``await fn()``, unless a call for ``key`` is running: then that call's outcome."""
-        # Futures belong to one event loop: calls on another loop never share them.
-        slot = (asyncio.get_running_loop(), key)
+    def running(self, key: Hashable) -> bool:
+        """Whether a load for ``key`` is running in the current event loop."""
+        return (asyncio.get_running_loop(), key) in self._calls
+
+    def release(self, key: Hashable, value: Any) -> None:
+        """Hand ``value`` to the callers waiting on ``key`` now; the load carries on alone.
+
+        Callers arriving after this start (or join) a new flight. For a loader that
+        has a good-enough value early (a stale entry) and keeps working to refresh it.
+        """
+        fut = self._calls.pop((asyncio.get_running_loop(), key), None)
+        if fut is not None and not fut.done():
+            fut.set_result(value)
+
+    async def run(self, key: Hashable, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await fn(*args)``, unless a call for ``key`` is running: then its outcome."""
+        loop = asyncio.get_running_loop()
+        slot = (loop, key)
         while True:
             fut = self._calls.get(slot)
             if fut is None:
@@ -82,19 +113,21 @@ class AsyncFlights:
                 if fut.cancelled() and task is not None and not task.cancelling():
                     continue  # the leader was cancelled, not us: retry as leader
                 raise
-        fut = slot[0].create_future()
+        fut = loop.create_future()
         self._calls[slot] = fut
         try:
-            value = await fn()
+            value = await fn(*args)
         except asyncio.CancelledError:
             fut.cancel()
             raise
         except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: no "never retrieved" log when nobody waited
+            if not fut.done():  # (done already when released early)
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: no "never retrieved" log when nobody waited
             raise
         else:
-            fut.set_result(value)
+            if not fut.done():
+                fut.set_result(value)
             return value
         finally:
             if self._calls.get(slot) is fut:
