@@ -513,6 +513,28 @@ async def test_cached_on_a_tiered_cache_uses_argument_digests(backend: Backend) 
 
 
 @pytest.mark.anyio
+async def test_cached_on_a_tiered_cache_keys_the_bound_arguments_with_their_types() -> None:
+    tiered = TieredCache(LRUCache(10), "memory://")
+    calls: list[Any] = []
+
+    @cached(tiered)
+    async def network(name: Any, depth: int = 1) -> str:
+        calls.append((name, depth))
+        return f"{name}:{depth}"
+
+    assert await network("lac") == "lac:1"
+    assert await network(name="lac") == "lac:1"
+    assert await network("lac", depth=1) == "lac:1"
+    assert len(calls) == 1  # defaults applied, keyword or positional: one entry
+    assert await network({1: "a"}) == "{1: 'a'}:1"
+    assert await network({"1": "a"}) == "{'1': 'a'}:1"  # JSON would merge these keys
+    assert await network(True) == "True:1"
+    assert await network(1) == "1:1"
+    assert len(calls) == 5
+    await tiered.aclose()
+
+
+@pytest.mark.anyio
 async def test_warm_fills_a_tiered_cache_from_async_and_sync_loaders(backend: Backend) -> None:
     tiered = TieredCache(LRUCache(100), backend, namespace="w:")
 

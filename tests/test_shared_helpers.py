@@ -784,3 +784,52 @@ def test_sync_single_flight_hands_the_error_to_every_waiter_and_does_not_cache_i
             with pytest.raises(LookupError):
                 fut.result()
     assert flights.run("k", lambda: 7) == 7
+
+
+# ------------------------------------------------------------------ cache keys
+
+
+def test_key_builder_binds_arguments_and_tags_their_types() -> None:
+    from gennet_toolkit._cache_keys import KeyBuilder
+
+    def lookup(gene: Any, organism: str = "ecoli") -> None: ...
+
+    kb = KeyBuilder(lookup, None, (), (), 200)
+    key = kb.key(("lacZ",), {})
+    assert key.startswith(f"{__name__}.test_key_builder_binds_arguments_and_tags_their_types")
+    assert "lacZ" not in key
+    assert kb.key((), {"gene": "lacZ", "organism": "ecoli"}) == key
+    distinct = {kb.key((v,), {}) for v in [1, 1.0, True, "1", None, {1: "a"}, {"1": "a"}]}
+    assert len(distinct) == 7
+
+
+def test_key_builder_refuses_arguments_without_a_stable_form() -> None:
+    from gennet_toolkit._cache_keys import KeyBuilder
+
+    class Opaque:
+        pass
+
+    class Keyed:
+        def __cache_key__(self) -> str:
+            return "k1"
+
+    def f(x: Any) -> None: ...
+
+    kb = KeyBuilder(f, None, (), (), 200)
+    with pytest.raises(shared_serializers.SerializationError, match="'x'") as info:
+        kb.key((Opaque(),), {})
+    assert isinstance(info.value, TypeError)
+    assert kb.key((Keyed(),), {}) == kb.key((Keyed(),), {})
+
+
+def test_key_builder_leaves_self_out_only_when_asked() -> None:
+    from gennet_toolkit._cache_keys import KeyBuilder
+
+    class Repo:
+        def get(self, gene: str) -> None: ...
+
+    shared = KeyBuilder(Repo.get, None, (), (), 200)
+    assert shared.key((Repo(), "lacZ"), {}) == shared.key((Repo(), "lacZ"), {})
+    strict = KeyBuilder(Repo.get, None, (), (), 200, ignore_self=False)
+    with pytest.raises(shared_serializers.SerializationError, match="'self'"):
+        strict.key((Repo(), "lacZ"), {})

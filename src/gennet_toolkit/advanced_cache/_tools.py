@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import inspect
-import json
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
+from gennet_toolkit._cache_keys import KeyBuilder
 from gennet_toolkit._singleflight import AsyncFlights, SyncFlights
 from gennet_toolkit.advanced_cache._policies import _MISSING, BaseCache, CacheStats
-from gennet_toolkit.advanced_cache._serializers import SerializationError
 from gennet_toolkit.advanced_cache._tiered import TieredCache, TieredStats
 from gennet_toolkit.advanced_cache._ttl import TTLCache, _check_ttl
 from gennet_toolkit.exceptions import ConfigurationError
@@ -38,17 +37,14 @@ def hashkey(*args: Any, **kwargs: Any) -> Hashable:
     return (*args, _KWMARK, *sorted(kwargs.items()))
 
 
-def _json_key(qualname: str) -> Callable[..., str]:
-    # L2 keys must be strings shared by processes: a digest of a canonical JSON encoding
-    # of the arguments, never repr() (which embeds memory addresses for most objects).
+def _digest_key(fn: Callable[..., Any]) -> Callable[..., str]:
+    # L2 keys must be strings shared by processes: the cache module's key builder (a
+    # digest of a type-tagged canonical encoding of the bound arguments, never repr()).
+    # ``self`` stays in the key: instances must not share entries unless they say how.
+    build = KeyBuilder(fn, None, (), (), sys.maxsize, ignore_self=False).key
+
     def key(*args: Any, **kwargs: Any) -> str:
-        try:
-            blob = json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"))
-        except (TypeError, ValueError):
-            raise SerializationError(
-                "cached on a TieredCache needs JSON-encodable arguments or key="
-            ) from None
-        return f"{qualname}:{hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()}"
+        return build(args, kwargs)
 
     return key
 
@@ -91,7 +87,7 @@ def cached(
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         if isinstance(cache, TieredCache):
-            return _tiered(cache, fn, key or _json_key(f"{fn.__module__}.{fn.__qualname__}"), ttl)
+            return _tiered(cache, fn, key or _digest_key(fn), ttl)
         make_key = key or hashkey
         store = _storer(cache, ttl)
         lookup = cache.peek if isinstance(cache, BaseCache) else cache.get

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
+from gennet_toolkit._cache_keys import shorten
 from gennet_toolkit._singleflight import AsyncFlights, SyncFlights
 from gennet_toolkit.backends import Backend
 from gennet_toolkit.cache._common import (
@@ -21,7 +22,6 @@ from gennet_toolkit.cache._common import (
     _ttl,
     logger,
 )
-from gennet_toolkit.cache._keys import shorten
 from gennet_toolkit.cache._serializers import Serializer
 from gennet_toolkit.exceptions import ConfigurationError, ServiceUnavailable
 

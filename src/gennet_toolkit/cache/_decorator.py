@@ -7,8 +7,8 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
+from gennet_toolkit._cache_keys import KeyBuilder
 from gennet_toolkit.cache._common import _Policy
-from gennet_toolkit.cache._keys import KeyBuilder
 from gennet_toolkit.exceptions import ConfigurationError
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""Cache keys: stable across processes and restarts, never built from ``repr``.
+"""Cache keys from function calls (``cache`` and ``advanced_cache``): stable across
+processes and restarts, never built from ``repr``.
 
 A default key is the function's qualified name plus a BLAKE2b digest of a canonical
 JSON encoding of its bound arguments (defaults applied, so ``f(1)`` and ``f(x=1)`` share
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from gennet_toolkit._serializers import SerializationError
 from gennet_toolkit.exceptions import ConfigurationError
 
 __all__ = ["KeyBuilder", "shorten"]
@@ -69,7 +71,7 @@ def _canonical(value: Any, where: str) -> Any:
     hook = getattr(value, "__cache_key__", None)
     if callable(hook):
         return {"k": _canonical(hook(), where)}
-    raise TypeError(
+    raise SerializationError(
         f"cannot build a cache key from argument {where!r} of type {type(value).__name__}:"
         " give the type a __cache_key__() method, pass key=..., or ignore=(...) it"
     )
@@ -85,7 +87,7 @@ def _field_text(value: Any, where: str) -> str:
     hook = getattr(value, "__cache_key__", None)
     if callable(hook):
         return str(hook())
-    raise TypeError(
+    raise SerializationError(
         f"cannot put {where!r} of type {type(value).__name__} into a cache key template:"
         " use a field of it ({name.attr}) or a __cache_key__() method"
     )
@@ -115,7 +117,12 @@ def _template_fields(template: str) -> list[str]:
 
 
 class KeyBuilder:
-    """Builds the key (and tag names) of one decorated function's calls."""
+    """Builds the key (and tag names) of one decorated function's calls.
+
+    Arguments of unsupported types raise :class:`SerializationError` (a ``TypeError``)
+    naming the parameter. ``ignore_self``: leave a leading ``self``/``cls`` out of the
+    default key when ``ignore`` is empty.
+    """
 
     __slots__ = (
         "_fast_positional",
@@ -134,11 +141,13 @@ class KeyBuilder:
         tags: tuple[str | Callable[..., str], ...],
         ignore: tuple[str, ...],
         limit: int,
+        *,
+        ignore_self: bool = True,
     ) -> None:
         self.name = f"{func.__module__}.{func.__qualname__}"
         self._sig = inspect.signature(func)
         params = list(self._sig.parameters)
-        default_ignore = tuple(p for p in params[:1] if p in {"self", "cls"})
+        default_ignore = tuple(p for p in params[:1] if ignore_self and p in {"self", "cls"})
         self._ignore = frozenset(ignore or default_ignore)
         unknown = sorted(set(ignore) - set(params))
         if unknown:
