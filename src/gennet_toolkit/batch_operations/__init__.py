@@ -21,7 +21,12 @@ never database error text.
 
 from __future__ import annotations
 
-from gennet_toolkit.batch_operations._processor import BatchProcessor
-from gennet_toolkit.batch_operations._result import CODES, BatchResult, ItemError
+from gennet_toolkit._optional import require
+
+# Everything here is built on SQLAlchemy: without it, fail at import with the install hint.
+require("sqlalchemy", extra="sql", feature="gennet_toolkit.batch_operations")
+
+from gennet_toolkit.batch_operations._processor import BatchProcessor  # noqa: E402
+from gennet_toolkit.batch_operations._result import CODES, BatchResult, ItemError  # noqa: E402
 
 __all__ = ["BatchProcessor", "BatchResult", "ItemError", "CODES"]

@@ -15,15 +15,20 @@
 
 from __future__ import annotations
 
-from gennet_toolkit.event_sourcing._audit import (
+from gennet_toolkit._optional import require
+
+# Everything here is built on SQLAlchemy: without it, fail at import with the install hint.
+require("sqlalchemy", extra="sql", feature="gennet_toolkit.event_sourcing")
+
+from gennet_toolkit.event_sourcing._audit import (  # noqa: E402
     AuditBatch,
     AuditTrailMiddleware,
     arecord,
     audit_event,
     record,
 )
-from gennet_toolkit.event_sourcing._chain import ChainAnchor, VerifyReport
-from gennet_toolkit.event_sourcing._events import (
+from gennet_toolkit.event_sourcing._chain import ChainAnchor, VerifyReport  # noqa: E402
+from gennet_toolkit.event_sourcing._events import (  # noqa: E402
     ANY,
     EventDecodeError,
     InvalidEventError,
@@ -33,8 +38,8 @@ from gennet_toolkit.event_sourcing._events import (
     UnknownEventType,
     WrongExpectedVersion,
 )
-from gennet_toolkit.event_sourcing._registry import EventRegistry, Upcaster
-from gennet_toolkit.event_sourcing._store import AsyncEventStore, EventStore
+from gennet_toolkit.event_sourcing._registry import EventRegistry, Upcaster  # noqa: E402
+from gennet_toolkit.event_sourcing._store import AsyncEventStore, EventStore  # noqa: E402
 
 __all__ = [
     "EventStore",
