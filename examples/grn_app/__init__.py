@@ -1,0 +1,1 @@
+"""The example gene regulatory network (GRN) service: ``uvicorn examples.grn_app.app:app``."""
