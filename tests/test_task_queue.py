@@ -158,6 +158,10 @@ def _celery_remote(
         "--pool=solo",
         "-c",
         "1",
+        # A unique node name: its pidbox queue is exclusive on RabbitMQ, and a worker of
+        # another test run (or one still closing) would otherwise hold celery@<host>.
+        "-n",
+        f"{name}@%h",
         "-Q",
         name,
         "--without-gossip",
