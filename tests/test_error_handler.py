@@ -471,15 +471,77 @@ async def test_a_streamed_5xx_keeps_streaming_and_a_later_failure_reraises() -> 
     assert b"hunter2" not in b"".join(m.get("body", b"") for m in sent)
 
 
-async def test_instance_is_the_full_path_under_a_mount() -> None:
+async def test_instance_is_the_route_template_with_root_and_mount_prefix() -> None:
     from starlette.routing import Mount
 
-    inner = Starlette(routes=ROUTES)
-    outer = Starlette(routes=[Mount("/api", app=inner)])
-    async with client(ErrorHandlerMiddleware(outer)) as c:
-        r = await c.get("/api/missing")
+    async def gene(request: Request) -> JSONResponse:
+        raise NotFound("No such gene.")
+
+    inner = Starlette(routes=[Route("/genes/{symbol:str}", gene)])
+    install_error_handlers(inner)  # its router answers its own 404s
+    outer = Starlette(routes=[Mount("/t/{tenant}", app=inner)])
+    transport = httpx.ASGITransport(app=ErrorHandlerMiddleware(outer), root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        found = await c.get("/api/t/acme-corp/genes/lacZ-secret")
+        missed = await c.get("/api/t/acme-corp/nowhere-secret")
+    assert found.status_code == 404
+    assert found.json()["instance"] == "/api/t/{tenant}/genes/{symbol}"
+    assert missed.status_code == 404
+    assert "instance" not in missed.json()  # the mounted router matched nothing
+    for r in (found, missed):
+        assert "acme-corp" not in r.text
+        assert "secret" not in r.text
+
+
+async def test_instance_is_the_full_template_of_an_included_fastapi_router() -> None:
+    from fastapi import APIRouter
+
+    app = FastAPI()
+    router = APIRouter(prefix="/networks")
+
+    @router.get("/{network_id}")
+    async def network(network_id: int) -> dict[str, int]:
+        raise NotFound("No such network.")
+
+    app.include_router(router, prefix="/v1")
+    install_error_handlers(app)
+    async with client(app) as c:
+        r = await c.get("/v1/networks/42")
     assert r.status_code == 404
-    assert r.json()["instance"] == "/api/missing"
+    assert r.json()["instance"] == "/v1/networks/{network_id}"
+    assert "42" not in r.text
+
+
+async def test_explicit_instance_wins_over_the_route_template() -> None:
+    response = problem_response(NotFound("n"), instance="/chosen", scope={"type": "http"})
+    assert b'"instance":"/chosen"' in response.body
+
+
+@pytest.mark.parametrize("install", ["middleware", "handlers"])
+async def test_404_and_422_bodies_never_contain_the_request_path(install: str) -> None:
+    app = FastAPI()
+
+    @app.get("/v1/genes/{symbol}/weight/{weight}")
+    async def weight(symbol: str, weight: float) -> dict[str, str]:
+        return {"symbol": symbol}
+
+    asgi: Any = app
+    if install == "middleware":
+        asgi = ErrorHandlerMiddleware(app)
+    else:
+        install_error_handlers(app)
+    async with client(asgi) as c:
+        r404 = await c.get("/genes/<script>secret-value")
+        r422 = await c.get("/v1/genes/<script>secret-value/weight/not-a-number-secret")
+    assert r404.status_code == 404
+    assert "instance" not in r404.json()
+    assert r422.status_code == 422
+    assert r422.json()["instance"] == "/v1/genes/{symbol}/weight/{weight}"
+    assert r422.json()["errors"][0]["parameter"] == "weight"
+    for r in (r404, r422):
+        assert r.headers["content-type"] == PROBLEM_JSON
+        for text in ("secret", "script", "%3Cscript", "not-a-number"):
+            assert text not in r.text
 
 
 async def _ws_refused(websocket: WebSocket) -> None:

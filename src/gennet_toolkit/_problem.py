@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Final, Literal
 
 from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit._routes import route_instance
 from gennet_toolkit.exceptions import GenNetError
 from gennet_toolkit.types import Message, Scope, Send
 
@@ -20,11 +21,13 @@ __all__ = ["CONTEXT", "PATH", "problem_bytes", "problem_messages", "problem_part
 
 
 class _Default(enum.Enum):
-    PATH = "the request path"
+    PATH = "the matched route's template"
     CONTEXT = "the correlation id in the context"
 
 
-#: ``instance`` default: the request path (``root_path`` is already part of it).
+#: ``instance`` default: the matched route's template with its root and mount prefix
+#: (``/v1/genes/{symbol}``), omitted before a route matched: never the raw request path,
+#: which is client text a 4xx body must not echo.
 PATH: Final = _Default.PATH
 #: ``correlation_id`` default: the one bound to ``correlation_id_var``.
 CONTEXT: Final = _Default.CONTEXT
@@ -52,7 +55,7 @@ def problem_parts(
     headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> tuple[bytes, Headers]:
     """The body and raw headers (content type and length, ``exc.headers``, ``headers``)."""
-    where = scope.get("path") if instance is PATH else instance
+    where = route_instance(scope) if instance is PATH else instance
     payload = problem_bytes(exc, where, correlation_id=correlation_id)
     raw: Headers = [
         (b"content-type", b"application/problem+json"),

@@ -23,7 +23,13 @@ from typing import Any
 
 from gennet_toolkit.types import Scope
 
-__all__ = ["RouteResolver", "find_routes", "route_path", "route_template"]
+__all__ = [
+    "RouteResolver",
+    "find_routes",
+    "route_instance",
+    "route_path",
+    "route_template",
+]
 
 _CACHE_SIZE = 1024
 _MATCH_NONE, _MATCH_PARTIAL, _MATCH_FULL = 0, 1, 2
@@ -72,6 +78,23 @@ def route_template(
             return None
         template = prefix + template
     return _PARAM.sub(r"{\1}", template) if formatted else template
+
+
+def route_instance(scope: Scope) -> str | None:
+    """The matched route's full template (``/api/v1/genes/{symbol}``), or ``None``.
+
+    A problem body's ``instance``: the server's ``root_path`` plus the mount and route
+    templates, so it never carries what the client typed in the path. ``None`` when no
+    route matched (yet): a 404 from the router, or middleware answering before routing.
+    """
+    if scope.get("route") is None and "endpoint" not in scope:
+        return None
+    base = scope.get("app_root_path", scope.get("root_path", ""))
+    # FastAPI's router sets only "endpoint" for plain Starlette routes: the resolver
+    # matches again against the outermost router's routes in that case.
+    resolver = RouteResolver(scope.get("router"), formatted=True)
+    template = resolver.resolve(scope, root_path=base)
+    return None if template is None else base + template
 
 
 class RouteResolver:

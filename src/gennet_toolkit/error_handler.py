@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketState
 
 from gennet_toolkit._context import correlation_id_var
+from gennet_toolkit._routes import route_instance
 from gennet_toolkit.exceptions import (
     GenNetError,
     InvalidJSON,
@@ -182,14 +183,15 @@ def problem_response(
 ) -> ProblemResponse:
     """Render ``exc`` as a problem+json response.
 
-    ``instance`` defaults to the request path when ``scope`` is given; the correlation
+    ``instance`` defaults to the matched route's template with its root and mount
+    prefix (``/v1/genes/{symbol}``) when ``scope`` is given, and is omitted when no
+    route matched: never the raw path, which is client text. The correlation
     id comes from the logging middleware's context. ``debug=True`` adds a ``debug``
     member with the exception type, message and traceback: never in production.
     """
     error = to_gennet_error(exc)
     if instance is None and scope is not None:
-        # ASGI servers and Starlette mounts already include root_path in path.
-        instance = scope.get("path", "")
+        instance = route_instance(scope)
     cid = _correlation_id(scope)
     body = error.to_problem(instance=instance, correlation_id=cid)
     if debug:
