@@ -827,3 +827,17 @@ def test_any_input_gets_a_4xx_problem_never_a_500(body: bytes, content_type: str
     assert resp.status_code in {200, 400, 413, 415, 422}
     if resp.status_code != 200:
         assert resp.headers["content-type"] == PROBLEM
+
+
+async def test_problem_instance_is_the_route_template_not_the_client_path() -> None:
+    @validate_body(GeneIn)
+    async def put_gene(request: Request, gene: GeneIn) -> JSONResponse:
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/genes/{symbol}", put_gene, methods=["PUT"])])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        resp = await c.put("/genes/private-path-value", json={"symbol": 5})
+    assert resp.status_code == 422
+    assert resp.json()["instance"] == "/genes/{symbol}"
+    assert "private-path-value" not in resp.text

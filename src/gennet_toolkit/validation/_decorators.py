@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gennet_toolkit._problem import problem_bytes
+from gennet_toolkit._routes import route_instance
 from gennet_toolkit.exceptions import GenNetError, PayloadTooLarge, ValidationFailed
 from gennet_toolkit.validation._body import (
     DEFAULT_MAX_SIZE,
@@ -37,7 +38,8 @@ R = TypeVar("R")
 def problem_response(exc: GenNetError, request: Request) -> Response:
     """``exc`` as an ``application/problem+json`` response for ``request``."""
     return Response(
-        problem_bytes(exc, request.url.path),
+        # The route template, never the raw path: 4xx bodies do not echo client input.
+        problem_bytes(exc, route_instance(request.scope)),
         status_code=exc.status_code,
         headers=exc.headers,
         media_type="application/problem+json",
