@@ -9,6 +9,7 @@ the structure stays consistent under threads. User callbacks (``getsizeof``,
 from __future__ import annotations
 
 import threading
+from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -123,9 +124,9 @@ class BaseCache(MutableMapping[K, V], Generic[K, V]):
             self._before_read()
             return self._used()
 
+    @abstractmethod
     def peek(self, key: K, default: Any = None) -> Any:
         """The value at ``key`` without counting a use or a hit; ``default`` if absent."""
-        raise NotImplementedError
 
     @classmethod
     def from_env(cls, prefix: str = "GENNET_", **overrides: Any) -> Self:
@@ -253,12 +254,13 @@ class BaseCache(MutableMapping[K, V], Generic[K, V]):
     def _import(self, state: dict[str, Any]) -> None:
         """Rebuild whatever :meth:`_export` flattened."""
 
+    @abstractmethod
     def _lookup(self, key: K) -> Any:
         """The value at ``key`` counted as a use, or ``_MISSING``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _store(self, key: K, value: V, size: int) -> None:
-        raise NotImplementedError
+        """Insert or replace ``key`` (its weight is ``size``), evicting as the policy says."""
 
     def _remove(self, key: K, default: Any) -> Any:
         raise NotImplementedError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -162,14 +163,14 @@ class TieredCache:
         life = self.ttl if ttl is None else ttl
         if self.l1_ttl is not None:
             life = self.l1_ttl if life is None else min(life, self.l1_ttl)
-        try:
+        # A value heavier than the whole L1 (weighted caches) raises ValueError: it then
+        # lives in L2 only.
+        with contextlib.suppress(ValueError):
             if isinstance(self.l1, TTLCache):
                 self.l1.set(key, value, ttl=self.l1.ttl if life is None else min(life, self.l1.ttl))
             else:
                 deadline = math.inf if life is None else self._timer() + life
                 self.l1[key] = (value, deadline)
-        except ValueError:
-            pass  # heavier than the whole L1 (weighted caches): keep it in L2 only
 
     def _ttl_for(self, value: Any, ttl: float | None) -> float | None:
         if value is None and self.negative_ttl:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["ResilientClient", "SyncResilientClient"]
 
 
-class _Base:
+class _Base(ABC):
     """Constructor and options shared by both clients."""
 
     _core: Core
@@ -70,8 +71,9 @@ class _Base:
             options["limits"] = limits
         self._open(hx, options)
 
+    @abstractmethod
     def _open(self, hx: Any, options: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Create the httpx client (async or sync) from ``options``."""
 
     @classmethod
     def from_env(cls, prefix: str = "GENNET_", **overrides: Any) -> Self:
@@ -116,8 +118,9 @@ class _Base:
         base = dict(request.extensions.get("timeout") or {})
         return request, plan, base
 
+    @abstractmethod
     def _build(self, method: str, url: str | httpx.URL, kwargs: dict[str, Any]) -> httpx.Request:
-        raise NotImplementedError
+        """Build the request with the underlying httpx client."""
 
 
 class ResilientClient(_Base):
