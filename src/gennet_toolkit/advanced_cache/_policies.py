@@ -262,21 +262,25 @@ class BaseCache(MutableMapping[K, V], Generic[K, V]):
     def _store(self, key: K, value: V, size: int) -> None:
         """Insert or replace ``key`` (its weight is ``size``), evicting as the policy says."""
 
+    @abstractmethod
     def _remove(self, key: K, default: Any) -> Any:
-        raise NotImplementedError
+        """Remove ``key`` and return its value, or ``default`` if absent."""
 
+    @abstractmethod
     def _victim(self) -> tuple[K, V] | None:
         """Remove and return the next item to evict, or ``None`` when empty."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _keys(self) -> Iterator[K]:
-        raise NotImplementedError
+        """The keys in the policy's order."""
 
+    @abstractmethod
     def _count(self) -> int:
-        raise NotImplementedError
+        """The number of items."""
 
+    @abstractmethod
     def _clear(self) -> None:
-        raise NotImplementedError
+        """Drop every item."""
 
     def _make_room(self, size: int) -> None:
         # Called after the replaced key (if any) is gone, so it is never its own victim.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable
 
@@ -12,15 +13,16 @@ from gennet_toolkit.backends.base import Message, Subscription, SyncSubscription
 __all__ = ()
 
 
-class _Sub:
+class _Sub(ABC):
     """What the hub needs from a subscriber: a name list and a non-blocking ``deliver``."""
 
     channels: tuple[str, ...]
     strip: int
     dropped: int
 
-    def deliver(self, msg: Message) -> bool:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def deliver(self, msg: Message) -> bool:
+        """Queue ``msg`` without blocking; ``False`` if it had to be dropped."""
 
 
 class Hub:
