@@ -117,32 +117,44 @@ class _CacheBase:
         d = repr(round(delta, 6)).encode()
         return b"g1|" + exp + b"|" + d + b"|" + early + b"|" + tags + b"|" + payload, ttl
 
-    def _decode(self, raw: bytes, fetched: dict[str, bytes | None]) -> tuple[Any, bool, list[str]]:
-        """``(value, refresh_now, record_tags_not_fetched)``; value MISS if stale."""
-        head, exp, d, early, tags, payload = raw.split(b"|", 5)
-        if head != b"g1":
-            raise ValueError("not a cache record")
-        if tags:
-            missing = []
-            for item in tags.split(b","):
-                name_b, _, tok = item.partition(b"=")
-                name = unquote(name_b.decode())
-                if name not in fetched:
-                    missing.append(name)
-                elif fetched[name] != tok:
-                    return MISS, False, []
-            if missing:
-                return MISS, False, missing
-        value = self._serializer.loads(payload)
-        refresh = False
-        if exp and early:
-            # XFetch (Vattani et al.): recompute before expiry with a probability that
-            # grows as expiry nears and with how long the value took to compute.
-            beta_delta = float(early) * float(d)
-            if beta_delta > 0:
-                gap = -beta_delta * math.log(1.0 - random.random())
-                refresh = self._clock() + gap >= float(exp)
-        return value, refresh, []
+    def _read(
+        self, raw: bytes | None, fetched: dict[str, bytes | None]
+    ) -> tuple[Any, bool, list[str]]:
+        """A lookup's answer from what it read: ``(value, refresh_now, record_tags_not_
+        fetched)``; value MISS if absent, stale or unreadable (the read worked: the
+        backend is up)."""
+        if self._down:
+            self._recovered()
+        if raw is None:
+            return MISS, False, []
+        try:
+            head, exp, d, early, tags, payload = raw.split(b"|", 5)
+            if head != b"g1":
+                raise ValueError("not a cache record")
+            if tags:
+                missing = []
+                for item in tags.split(b","):
+                    name_b, _, tok = item.partition(b"=")
+                    name = unquote(name_b.decode())
+                    if name not in fetched:
+                        missing.append(name)
+                    elif fetched[name] != tok:
+                        return MISS, False, []
+                if missing:
+                    return MISS, False, missing
+            value = self._serializer.loads(payload)
+            refresh = False
+            if exp and early:
+                # XFetch (Vattani et al.): recompute before expiry with a probability that
+                # grows as expiry nears and with how long the value took to compute.
+                beta_delta = float(early) * float(d)
+                if beta_delta > 0:
+                    gap = -beta_delta * math.log(1.0 - random.random())
+                    refresh = self._clock() + gap >= float(exp)
+            return value, refresh, []
+        except ValueError as exc:
+            self._bad_record(exc)
+            return MISS, False, []
 
     def _bad_record(self, exc: Exception) -> None:
         self._n.errors += 1

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import math
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from gennet_toolkit._env import env_bool, env_float, env_str
 from gennet_toolkit._singleflight import AsyncFlights, SyncFlights
@@ -18,7 +16,6 @@ from gennet_toolkit.cache._common import (
     _UNSET,
     MISS,
     TTL,
-    _backoff,
     _Call,
     _Counters,
     _exact,
@@ -26,14 +23,26 @@ from gennet_toolkit.cache._common import (
     _pattern_prefix,
     _Policy,
     _ttl,
-    logger,
 )
 from gennet_toolkit.cache._decorator import _Decorator
+from gennet_toolkit.cache._plan import (
+    Plan,
+    _Acquire,
+    _Get,
+    _GetMany,
+    _Lock,
+    _Lookup,
+    _Put,
+    _Release,
+    _Sleep,
+)
 from gennet_toolkit.cache._serializers import Serializer, resolve_serializer
 from gennet_toolkit.cache._sync import SyncCache, _SyncCore
 from gennet_toolkit.exceptions import ConfigurationError, ServiceUnavailable
 
 __all__ = ["Cache"]
+
+T = TypeVar("T")
 
 
 class Cache(_SyncCore):
@@ -149,56 +158,50 @@ class Cache(_SyncCore):
             else:
                 raw = await backend.get(ekey)
                 fetched = {}
-            if self._down:
-                self._recovered()
-            if raw is None:
-                return MISS, False
-            try:
-                value, refresh, missing = self._decode(raw, fetched)
-                if missing:
-                    more = await backend.get_many([self._tp + t for t in missing])
-                    fetched.update(zip(missing, more, strict=True))
-                    value, refresh, _ = self._decode(raw, fetched)
-            except ValueError as exc:
-                self._bad_record(exc)
-                return MISS, False
+            value, refresh, missing = self._read(raw, fetched)
+            if missing:
+                more = await backend.get_many([self._tp + t for t in missing])
+                fetched.update(zip(missing, more, strict=True))
+                value, refresh, _ = self._read(raw, fetched)
             return value, refresh
         except ServiceUnavailable as exc:
             self._failed(exc)
             return MISS, False
 
-    async def _atokens(self, tags: tuple[str, ...]) -> dict[str, bytes] | None:
-        # Read before the load: an invalidation during the load then makes the entry
-        # stale at once (its recorded token no longer matches).
-        if not tags:
-            return {}
-        keys = [self._tp + t for t in tags]
-        current = await self._backend.get_many(keys)
-        out: dict[str, bytes] = {}
-        for tag, key, found in zip(tags, keys, current, strict=True):
-            tok = found
-            if tok is None:
-                new = secrets.token_hex(8).encode()
-                if await self._backend.set(key, new, ttl=self._tag_ttl, nx=True):
-                    tok = new
+    async def _arun(self, plan: Plan[T]) -> T:
+        """Execute a plan with ``await``, feeding results and errors back into it."""
+        backend = self._backend
+        send: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = plan.throw(error) if error is not None else plan.send(send)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            send = error = None
+            try:
+                if isinstance(op, _Lookup):
+                    send = await self._alookup(op.ekey, op.tags)
+                elif isinstance(op, _Get):
+                    send = await backend.get(op.key)
+                elif isinstance(op, _GetMany):
+                    send = await backend.get_many(op.keys)
+                elif isinstance(op, _Put):
+                    send = await backend.set(op.key, op.value, ttl=op.ttl, nx=op.nx)
+                elif isinstance(op, _Lock):
+                    send = backend.lock(op.name, ttl=op.ttl)
+                elif isinstance(op, _Acquire):
+                    send = await op.lock.acquire(wait=0)
+                elif isinstance(op, _Release):
+                    await op.lock.release()
+                elif isinstance(op, _Sleep):
+                    await asyncio.sleep(op.seconds)
                 else:
-                    tok = await self._backend.get(key)
-                    if tok is None:
-                        return None
-            out[tag] = tok
-        return out
-
-    async def _awrite(
-        self, ekey: str, value: Any, policy: _Policy, delta: float, tokens: dict[str, bytes] | None
-    ) -> bool:
-        record, ttl = self._encode(value, policy, delta, tokens or {})
-        if tokens is None or self._bypass():
-            return False
-        try:
-            return await self._backend.set(ekey, record, ttl=ttl)
-        except ServiceUnavailable as exc:
-            self._failed(exc)
-            return False
+                    send = op.call[0](*op.call[1], **op.call[2])
+                    if inspect.isawaitable(send):
+                        send = await send
+            except BaseException as exc:  # the plan decides (its finally releases the lock)
+                error = exc
 
     async def _aget_or_load(
         self,
@@ -245,67 +248,9 @@ class Cache(_SyncCore):
         return await self._aload(ekey, tags, call, policy, MISS)
 
     async def _aload(
-        self,
-        ekey: str,
-        tags: tuple[str, ...],
-        call: _Call,
-        policy: _Policy,
-        stale: Any,
+        self, ekey: str, tags: tuple[str, ...], call: _Call, policy: _Policy, stale: Any
     ) -> Any:
-        lock = None
-        tokens: dict[str, bytes] | None = None
-        try:
-            if not self._bypass():
-                try:
-                    tokens = await self._atokens(tags)
-                    if self._use_lock:
-                        lock = self._backend.lock(self._lp + ekey, ttl=self._lock_ttl)
-                        if not await lock.acquire(wait=0):
-                            if type(stale) is not _Miss:
-                                lock = None
-                                return stale  # another process refreshes; serve stale
-                            found, lock = await self._await_other(ekey, tags, lock)
-                            if type(found) is not _Miss:
-                                self._n.coalesced += 1
-                                return found
-                            if lock is not None:
-                                tokens = await self._atokens(tags)
-                        if lock is not None and type(stale) is _Miss:
-                            found, _ = await self._alookup(ekey, tags)
-                            if type(found) is not _Miss:
-                                self._n.coalesced += 1
-                                return found
-                except ServiceUnavailable as exc:
-                    self._failed(exc)
-                    tokens = None
-            t0 = time.perf_counter()
-            result = call[0](*call[1], **call[2])
-            if inspect.isawaitable(result):
-                result = await result
-            delta = time.perf_counter() - t0
-            self._n.loads += 1
-            if policy.condition is None or policy.condition(result):
-                await self._awrite(ekey, result, policy, delta, tokens)
-            return result
-        finally:
-            if lock is not None:
-                with contextlib.suppress(ServiceUnavailable):  # it expires by itself
-                    await lock.release()
-
-    async def _await_other(self, ekey: str, tags: tuple[str, ...], lock: Any) -> tuple[Any, Any]:
-        """Wait (bounded) for the process holding the lock; ``(value, lock-if-taken)``."""
-        deadline = time.monotonic() + self._lock_wait
-        attempt = 0
-        while (left := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, _backoff(attempt)))
-            attempt += 1
-            found, _ = await self._alookup(ekey, tags)
-            if type(found) is not _Miss or self._down:
-                return found, None
-            if await lock.acquire(wait=0):
-                return MISS, lock
-        logger.info("cache lock wait ran out after %.1fs; loading without it", self._lock_wait)
-        return MISS, None
+        return await self._arun(self._load_plan(ekey, tags, call, policy, stale))
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value at ``key``, or ``default`` when missing (pass ``MISS`` to tell
@@ -327,15 +272,7 @@ class Cache(_SyncCore):
         :class:`UnsafeValueError` whatever the policy."""
         ekey = self._ekey(self._check_key(key))
         policy = self._policy(ttl)
-        if self._bypass():
-            self._encode(value, policy, 0.0, {})  # still refuse unsafe values
-            return False
-        try:
-            tokens = await self._atokens(tuple(tags))
-        except ServiceUnavailable as exc:
-            self._failed(exc)
-            tokens = None
-        return await self._awrite(ekey, value, policy, 0.0, tokens)
+        return await self._arun(self._set_plan(ekey, value, policy, tuple(tags)))
 
     async def get_or_set(
         self,

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from gennet_toolkit.cache._base import _CacheBase
 from gennet_toolkit.cache._common import (
     _UNSET,
     MISS,
     TTL,
-    _backoff,
     _Call,
     _exact,
     _Miss,
     _pattern_prefix,
     _Policy,
-    logger,
+)
+from gennet_toolkit.cache._plan import (
+    Plan,
+    _Acquire,
+    _Get,
+    _GetMany,
+    _Lock,
+    _Lookup,
+    _Planner,
+    _Put,
+    _Release,
+    _Sleep,
 )
 from gennet_toolkit.exceptions import ServiceUnavailable
 
@@ -28,8 +35,10 @@ if TYPE_CHECKING:
 
 __all__ = ["SyncCache"]
 
+T = TypeVar("T")
 
-class _SyncCore(_CacheBase):
+
+class _SyncCore(_Planner):
     def _lookup(self, ekey: str, tags: tuple[str, ...]) -> tuple[Any, bool]:
         if self._bypass():
             return MISS, False
@@ -42,54 +51,48 @@ class _SyncCore(_CacheBase):
             else:
                 raw = backend.get(ekey)
                 fetched = {}
-            if self._down:
-                self._recovered()
-            if raw is None:
-                return MISS, False
-            try:
-                value, refresh, missing = self._decode(raw, fetched)
-                if missing:
-                    more = backend.get_many([self._tp + t for t in missing])
-                    fetched.update(zip(missing, more, strict=True))
-                    value, refresh, _ = self._decode(raw, fetched)
-            except ValueError as exc:
-                self._bad_record(exc)
-                return MISS, False
+            value, refresh, missing = self._read(raw, fetched)
+            if missing:
+                more = backend.get_many([self._tp + t for t in missing])
+                fetched.update(zip(missing, more, strict=True))
+                value, refresh, _ = self._read(raw, fetched)
             return value, refresh
         except ServiceUnavailable as exc:
             self._failed(exc)
             return MISS, False
 
-    def _tokens(self, tags: tuple[str, ...]) -> dict[str, bytes] | None:
-        if not tags:
-            return {}
+    def _run(self, plan: Plan[T]) -> T:
+        """Execute a plan blocking, feeding results and errors back into it."""
         backend = self._backend.sync
-        keys = [self._tp + t for t in tags]
-        out: dict[str, bytes] = {}
-        for tag, key, found in zip(tags, keys, backend.get_many(keys), strict=True):
-            tok = found
-            if tok is None:
-                new = secrets.token_hex(8).encode()
-                if backend.set(key, new, ttl=self._tag_ttl, nx=True):
-                    tok = new
+        send: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = plan.throw(error) if error is not None else plan.send(send)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            send = error = None
+            try:
+                if isinstance(op, _Lookup):
+                    send = self._lookup(op.ekey, op.tags)
+                elif isinstance(op, _Get):
+                    send = backend.get(op.key)
+                elif isinstance(op, _GetMany):
+                    send = backend.get_many(op.keys)
+                elif isinstance(op, _Put):
+                    send = backend.set(op.key, op.value, ttl=op.ttl, nx=op.nx)
+                elif isinstance(op, _Lock):
+                    send = backend.lock(op.name, ttl=op.ttl)
+                elif isinstance(op, _Acquire):
+                    send = op.lock.acquire(wait=0)
+                elif isinstance(op, _Release):
+                    op.lock.release()
+                elif isinstance(op, _Sleep):
+                    time.sleep(op.seconds)
                 else:
-                    tok = backend.get(key)
-                    if tok is None:
-                        return None
-            out[tag] = tok
-        return out
-
-    def _write(
-        self, ekey: str, value: Any, policy: _Policy, delta: float, tokens: dict[str, bytes] | None
-    ) -> bool:
-        record, ttl = self._encode(value, policy, delta, tokens or {})
-        if tokens is None or self._bypass():
-            return False
-        try:
-            return self._backend.sync.set(ekey, record, ttl=ttl)
-        except ServiceUnavailable as exc:
-            self._failed(exc)
-            return False
+                    send = op.call[0](*op.call[1], **op.call[2])
+            except BaseException as exc:  # the plan decides (its finally releases the lock)
+                error = exc
 
     def _get_or_load(
         self,
@@ -113,64 +116,9 @@ class _SyncCore(_CacheBase):
         return self._tflights.run(ekey, self._load, ekey, tags, call, policy, stale)
 
     def _load(
-        self,
-        ekey: str,
-        tags: tuple[str, ...],
-        call: _Call,
-        policy: _Policy,
-        stale: Any,
+        self, ekey: str, tags: tuple[str, ...], call: _Call, policy: _Policy, stale: Any
     ) -> Any:
-        lock = None
-        tokens: dict[str, bytes] | None = None
-        try:
-            if not self._bypass():
-                try:
-                    tokens = self._tokens(tags)
-                    if self._use_lock:
-                        lock = self._backend.sync.lock(self._lp + ekey, ttl=self._lock_ttl)
-                        if not lock.acquire(wait=0):
-                            if type(stale) is not _Miss:
-                                lock = None
-                                return stale
-                            found, lock = self._wait_other(ekey, tags, lock)
-                            if type(found) is not _Miss:
-                                self._n.coalesced += 1
-                                return found
-                            if lock is not None:
-                                tokens = self._tokens(tags)
-                        if lock is not None and type(stale) is _Miss:
-                            found, _ = self._lookup(ekey, tags)
-                            if type(found) is not _Miss:
-                                self._n.coalesced += 1
-                                return found
-                except ServiceUnavailable as exc:
-                    self._failed(exc)
-                    tokens = None
-            t0 = time.perf_counter()
-            result = call[0](*call[1], **call[2])
-            delta = time.perf_counter() - t0
-            self._n.loads += 1
-            if policy.condition is None or policy.condition(result):
-                self._write(ekey, result, policy, delta, tokens)
-            return result
-        finally:
-            if lock is not None:
-                with contextlib.suppress(ServiceUnavailable):
-                    lock.release()
-
-    def _wait_other(self, ekey: str, tags: tuple[str, ...], lock: Any) -> tuple[Any, Any]:
-        deadline = time.monotonic() + self._lock_wait
-        attempt = 0
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(left, _backoff(attempt)))
-            attempt += 1
-            found, _ = self._lookup(ekey, tags)
-            if type(found) is not _Miss or self._down:
-                return found, None
-            if lock.acquire(wait=0):
-                return MISS, lock
-        logger.info("cache lock wait ran out after %.1fs; loading without it", self._lock_wait)
-        return MISS, None
+        return self._run(self._load_plan(ekey, tags, call, policy, stale))
 
 
 class SyncCache:
@@ -200,15 +148,7 @@ class SyncCache:
         c = self._c
         ekey = c._ekey(c._check_key(key))
         policy = c._policy(ttl)
-        if c._bypass():
-            c._encode(value, policy, 0.0, {})
-            return False
-        try:
-            tokens = c._tokens(tuple(tags))
-        except ServiceUnavailable as exc:
-            c._failed(exc)
-            tokens = None
-        return c._write(ekey, value, policy, 0.0, tokens)
+        return c._run(c._set_plan(ekey, value, policy, tuple(tags)))
 
     def get_or_set(
         self, key: str, loader: Callable[[], Any], *, ttl: TTL = _UNSET, tags: Iterable[str] = ()
